@@ -1,0 +1,41 @@
+//! `elfin-train`: one rank of an elfin run, and the inspection commands.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "elfin-train",
+    about = "One elfin training rank (start it under mpirun, or through `elfin launch`), and tools to inspect the loss, the model and the data",
+    disable_version_flag = true
+)]
+struct Cli {
+    /// Print the version, the libtorch and MPI versions, and whether CUDA and NCCL are usable.
+    #[arg(short = 'V', long)]
+    version: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.version {
+        print!("{}", elfin_trainer::version::report());
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = cli.command else {
+        eprintln!("elfin-train: no command given; see `elfin-train --help`");
+        return ExitCode::from(2);
+    };
+    let result: anyhow::Result<()> = match command {};
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("elfin-train: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
