@@ -1,1 +1,5 @@
-//! Filled in by its issue; see docs/architecture.md.
+//! The OFA unified encoder-decoder (see `spec/ofa-model.md`).
+
+mod net_input;
+
+pub use net_input::NetInput;
