@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The one command for a machine with an NVIDIA GPU. Takes the bundle made by
+# `make gpu-bundle` (this script sits inside it), runs every #[ignore]d GPU
+# test and the GPU benchmarks, and writes a summary and logs to OUT_DIR.
+#
+#   bash gpu-bundle/gpu-check.sh OUT_DIR
+#
+# Needs: an NVIDIA driver and a python3 with torch 2.11 (CUDA build), whose
+# libtorch, CUDA runtime, NCCL and NVRTC libraries the binaries use.
+set -uo pipefail
+bundle=$(cd "$(dirname "$0")" && pwd)
+out=${1:?usage: gpu-check.sh OUT_DIR}
+mkdir -p "$out/logs"
+summary="$out/summary.txt"
+: > "$summary"
+note() { echo "$*" | tee -a "$summary"; }
+
+py=${PYTHON:-python3}
+torch_dir=$("$py" -c 'import os, torch; print(os.path.dirname(torch.__file__))') \
+  || { note "FAIL: no python with torch found (set PYTHON=...)"; exit 1; }
+site=$(dirname "$torch_dir")
+nv_libs=$(find "$site/nvidia" -maxdepth 3 -type d -name lib 2>/dev/null | tr '\n' ':')
+export LD_LIBRARY_PATH="$bundle/lib:$torch_dir/lib:${nv_libs}${LD_LIBRARY_PATH:-}"
+export OPAL_PREFIX="$bundle/ompi/usr"
+export PATH="$bundle/ompi/usr/bin:$bundle/bin:$PATH"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export ELFIN_TRAIN_BIN="$bundle/bin/elfin-train" ELFIN_BENCH_DEVICE=cuda
+# Tests that look for shared/ (oracles) find it beside the repository copy.
+export ELFIN_SHARED_DIR=${ELFIN_SHARED_DIR:-$(cd "$bundle/.." && pwd)/../shared}
+
+note "== gpu-check $(date -u +%FT%TZ) on $(nvidia-smi -L 2>/dev/null | head -n1)"
+"$bundle/bin/elfin-train" --version > "$out/logs/version.log" 2>&1
+cat "$out/logs/version.log" >> "$summary"
+
+failed=0
+run_step() { # name, timeout seconds, command...
+  local name=$1 limit=$2; shift 2
+  local start=$SECONDS
+  if timeout "$limit" "$@" > "$out/logs/$name.log" 2>&1; then
+    note "PASS $name ($((SECONDS - start)) s)"
+  else
+    note "FAIL $name (exit $?, $((SECONDS - start)) s): see logs/$name.log"; failed=1
+  fi
+}
+
+# Every #[ignore]d test is a GPU test by the project's convention.
+for t in "$bundle"/tests/*; do
+  n=$(basename "$t")
+  if "$t" --list --ignored 2>/dev/null | grep -q ': test$'; then
+    run_step "test-$n" 240 "$t" --ignored --test-threads=1
+  fi
+done
+# Benchmarks read ELFIN_BENCH_DEVICE=cuda and print their figures.
+for b in "$bundle"/benches/*; do
+  n=$(basename "$b")
+  case "$n" in
+    allreduce*) run_step "bench-$n" 120 mpirun -np 1 "$b" --nccl ;;
+    *) run_step "bench-$n" 180 "$b" ;;
+  esac
+  grep -E '^(RESULT|result|[a-z_]+:)' "$out/logs/bench-$n.log" >> "$summary" 2>/dev/null || true
+done
+note "== done: $([ $failed = 0 ] && echo all passed || echo some failed)"
+exit $failed
