@@ -3,5 +3,8 @@
 pub mod criterion;
 pub mod data;
 pub mod dist;
+pub mod eval;
+pub mod generate;
 pub mod model;
+pub mod optim;
 pub mod version;

@@ -1,0 +1,167 @@
+//! Beam search with the reference generator's semantics (spec
+//! `ofa-finetuning.md` §5): bos start, min/max length, pad and NaN masking,
+//! no-repeat-n-gram blocking that includes the bos, 2K candidates per step,
+//! eos finalised only among the first K, length-normalised final scores.
+
+use anyhow::{ensure, Result};
+use tch::{Kind, Tensor};
+
+/// A decoder that extends every row of `tokens` by one position.
+pub trait StepModel {
+    /// Logits [rows, V] of the next token, given all tokens so far [rows, step + 1].
+    fn next_logits(&mut self, tokens: &Tensor) -> Result<Tensor>;
+    /// The rows of the next step are the current rows `order` (i64 [rows]).
+    fn reorder(&mut self, order: &Tensor) -> Result<()>;
+}
+
+#[derive(Clone, Debug)]
+pub struct BeamSearchConfig {
+    pub beam: usize,
+    pub max_len_a: f64,
+    pub max_len_b: i64,
+    pub min_len: i64,
+    pub no_repeat_ngram_size: usize,
+    pub lenpen: f64,
+    /// Allowed ids besides 0..4, as a half-open range (the reference's
+    /// `--constraint-range`, applied to logits before the log-softmax).
+    pub constraint_range: Option<(i64, i64)>,
+    pub bos: i64,
+    pub pad: i64,
+    pub eos: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hypothesis {
+    /// Generated tokens without the bos, ending with eos.
+    pub tokens: Vec<i64>,
+    /// Sum of token log-probs (eos included) over (length)^lenpen.
+    pub score: f64,
+}
+
+impl BeamSearchConfig {
+    /// The reference's `max_len = int(max_len_a · src_len + max_len_b)`.
+    pub fn max_len(&self, src_len: usize) -> i64 {
+        (self.max_len_a * src_len as f64 + self.max_len_b as f64) as i64
+    }
+}
+
+/// Searches `bsz` sentences whose rows (`bsz · beam`, sentence-major) the
+/// model already holds. Returns each sentence's hypotheses, best first.
+pub fn beam_search(
+    model: &mut dyn StepModel,
+    bsz: usize,
+    src_len: usize,
+    vocab: i64,
+    cfg: &BeamSearchConfig,
+) -> Result<Vec<Vec<Hypothesis>>> {
+    let k = cfg.beam.min(vocab as usize - 1).max(1);
+    let max_len = cfg.max_len(src_len);
+    ensure!(cfg.min_len <= max_len, "min_len {} exceeds max_len {}", cfg.min_len, max_len);
+    let rows = bsz * k;
+    let mut hyps: Vec<Vec<i64>> = vec![vec![cfg.bos]; rows];
+    let mut scores = vec![0f64; rows];
+    let mut finalized: Vec<Vec<Hypothesis>> = vec![Vec::new(); bsz];
+    let mut finished = vec![false; bsz];
+    let allowed = cfg.constraint_range.map(|(start, end)| {
+        let ids = Tensor::arange(vocab, (Kind::Int64, tch::Device::Cpu));
+        ids.lt(4).logical_or(&ids.ge(start).logical_and(&ids.lt(end)))
+    });
+
+    for step in 0..=max_len {
+        let tokens = Tensor::from_slice2(&hyps);
+        let mut logits = model.next_logits(&tokens)?.to_kind(Kind::Float).to_device(tch::Device::Cpu);
+        if let Some(allowed) = &allowed {
+            logits = logits.masked_fill(&allowed.logical_not().unsqueeze(0), f64::NEG_INFINITY);
+        }
+        let lp = logits.log_softmax(-1, Kind::Float);
+        let mut lp: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&lp)?;
+        for (row, row_lp) in lp.iter_mut().enumerate() {
+            for x in row_lp.iter_mut() {
+                if x.is_nan() {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+            if step < cfg.min_len {
+                row_lp[cfg.eos as usize] = f32::NEG_INFINITY;
+            }
+            row_lp[cfg.pad as usize] = f32::NEG_INFINITY;
+            if step >= max_len {
+                let eos_lp = row_lp[cfg.eos as usize];
+                row_lp.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                row_lp[cfg.eos as usize] = eos_lp;
+            }
+            for banned in banned_tokens(&hyps[row], cfg.no_repeat_ngram_size) {
+                row_lp[banned as usize] = f32::NEG_INFINITY;
+            }
+        }
+
+        let mut order = Vec::with_capacity(rows);
+        let mut next_hyps = Vec::with_capacity(rows);
+        let mut next_scores = Vec::with_capacity(rows);
+        for sent in 0..bsz {
+            let first = sent * k;
+            if finished[sent] {
+                // Keep the rows so that the batch shape stays fixed; they are ignored.
+                for r in first..first + k {
+                    order.push(r as i64);
+                    next_hyps.push([hyps[r].as_slice(), &[cfg.pad]].concat());
+                    next_scores.push(scores[r]);
+                }
+                continue;
+            }
+            // At step 0 all beams are equal: expand only the first.
+            let live_beams = if step == 0 { 1 } else { k };
+            let mut cands: Vec<(f64, usize, i64)> = Vec::with_capacity(live_beams * vocab as usize);
+            for b in 0..live_beams {
+                let r = first + b;
+                for (v, &x) in lp[r].iter().enumerate() {
+                    cands.push((scores[r] + x as f64, b, v as i64));
+                }
+            }
+            let n_cand = (2 * k).min(cands.len() - 1).max(1);
+            // Descending by score; ties keep the flattened (beam, token) order as topk does.
+            cands.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+            cands.truncate(n_cand);
+            for (rank, &(score, b, v)) in cands.iter().enumerate() {
+                if rank < k && v == cfg.eos && score.is_finite() && finalized[sent].len() < k {
+                    let mut tokens = hyps[first + b][1..].to_vec();
+                    tokens.push(cfg.eos);
+                    let norm = ((step + 1) as f64).powf(cfg.lenpen);
+                    finalized[sent].push(Hypothesis { tokens, score: score / norm });
+                }
+            }
+            if finalized[sent].len() >= k || step == max_len {
+                finished[sent] = true;
+            }
+            let mut kept = cands.iter().filter(|c| c.2 != cfg.eos).take(k).collect::<Vec<_>>();
+            // Fewer than K non-eos candidates only happens when the sentence is done.
+            while kept.len() < k {
+                kept.push(kept.last().copied().unwrap_or(&cands[0]));
+            }
+            for &&(score, b, v) in &kept {
+                order.push((first + b) as i64);
+                next_hyps.push([hyps[first + b].as_slice(), &[v]].concat());
+                next_scores.push(score);
+            }
+        }
+        if finished.iter().all(|&f| f) {
+            break;
+        }
+        model.reorder(&Tensor::from_slice(&order))?;
+        hyps = next_hyps;
+        scores = next_scores;
+    }
+    for f in &mut finalized {
+        f.sort_by(|a, b| b.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal));
+    }
+    Ok(finalized)
+}
+
+/// Tokens that would repeat an n-gram of `row` (bos included) after its last n−1 tokens.
+pub fn banned_tokens(row: &[i64], n: usize) -> Vec<i64> {
+    if n == 0 || row.len() < n {
+        return Vec::new();
+    }
+    let context = &row[row.len() + 1 - n..];
+    row.windows(n).filter(|w| &w[..n - 1] == context).map(|w| w[n - 1]).collect()
+}
