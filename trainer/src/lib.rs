@@ -7,4 +7,5 @@ pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod optim;
+pub mod optim;
 pub mod version;

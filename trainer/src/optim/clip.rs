@@ -1,0 +1,70 @@
+//! Gradient norm and clipping on the true (unscaled, normalised) gradient
+//! (spec §6.4, §6.6). The loop hands over the raw accumulated gradients and
+//! the pending `multiplier` (1 / (loss scale × global sample size)); the norm
+//! is computed as `multiplier × ‖raw‖` and the gradients are multiplied once,
+//! by the multiplier and the clip coefficient together.
+
+use tch::{Kind, Tensor};
+
+/// Which clip-coefficient arithmetic the reference uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClipRule {
+    /// fp16 with a loss scaler: `max_norm / norm` exactly, only when `norm > max_norm`.
+    Exact,
+    /// fp32/bf16: `min(max_norm / (norm + 1e-6), 1)`.
+    WithEpsilon,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClipOutcome {
+    /// The pre-clip norm of the true gradient: the `gnorm` log field.
+    /// Infinite or NaN on overflow, in which case the gradients were left untouched.
+    pub gnorm: f64,
+    /// `gnorm > max_norm` with clipping on: the `clip` log field is 100 for such updates, else 0.
+    pub clipped: bool,
+}
+
+impl ClipOutcome {
+    pub fn is_finite(&self) -> bool {
+        self.gnorm.is_finite()
+    }
+}
+
+/// L2 norm over all tensors together, accumulated in float32 per tensor as
+/// the reference does; undefined (absent) gradients count as zero.
+pub fn total_norm(grads: &[Tensor]) -> f64 {
+    let norms: Vec<Tensor> = grads
+        .iter()
+        .filter(|g| g.defined())
+        .map(|g| g.norm_scalaropt_dtype(2.0, Kind::Float).to_device(tch::Device::Cpu))
+        .collect();
+    if norms.is_empty() {
+        return 0.0;
+    }
+    Tensor::stack(&norms, 0).norm().double_value(&[])
+}
+
+/// Computes the true gradient norm and, when it is finite, scales the
+/// gradients in place by `multiplier` times the clip coefficient.
+/// `max_norm <= 0` disables clipping (the gradients are still multiplied).
+pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64, multiplier: f64, rule: ClipRule) -> ClipOutcome {
+    let gnorm = multiplier * total_norm(grads);
+    if !gnorm.is_finite() {
+        return ClipOutcome { gnorm, clipped: false };
+    }
+    let clipping = max_norm > 0.0;
+    let coefficient = match rule {
+        ClipRule::Exact if clipping && gnorm > max_norm => max_norm / gnorm,
+        ClipRule::WithEpsilon if clipping => (max_norm / (gnorm + 1e-6)).min(1.0),
+        _ => 1.0,
+    };
+    let factor = multiplier * coefficient;
+    if factor != 1.0 {
+        tch::no_grad(|| {
+            for g in grads.iter().filter(|g| g.defined()) {
+                let _ = g.shallow_clone().g_mul_scalar_(factor);
+            }
+        });
+    }
+    ClipOutcome { gnorm, clipped: clipping && gnorm > max_norm }
+}
