@@ -7,5 +7,4 @@ pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod optim;
-pub mod optim;
 pub mod version;
