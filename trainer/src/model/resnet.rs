@@ -1,0 +1,199 @@
+//! The image backbone `encoder.embed_images`: the first three stages of a
+//! ResNet v1.5 (spec `ofa-model.md` §4.1). Parameter and buffer names equal
+//! the reference's state-dict keys below the path the caller passes.
+
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+/// Blocks per stage (`layer1`, `layer2`, `layer3`) of the reference's
+/// `resnet_type` names, or `None` for a name it doesn't know.
+pub fn stage_blocks(resnet_type: &str) -> Option<[i64; 3]> {
+    match resnet_type {
+        "resnet50" => Some([3, 4, 6]),
+        "resnet101" => Some([3, 4, 23]),
+        "resnet152" => Some([3, 8, 36]),
+        _ => None,
+    }
+}
+
+/// Channels of the backbone's output for every preset (the input of `image_proj`).
+pub const OUT_CHANNELS: i64 = 1024;
+
+const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
+const EXPANSION: i64 = 4;
+
+/// Stochastic depth over dim 0: each sample's `xs` is kept with probability
+/// `1 - rate` and then divided by it, or zeroed. The identity in eval mode.
+pub fn drop_path(xs: &Tensor, rate: f64, train: bool) -> Tensor {
+    if rate == 0.0 || !train {
+        return xs.shallow_clone();
+    }
+    let keep = 1.0 - rate;
+    let mut mask_shape = vec![1i64; xs.dim()];
+    mask_shape[0] = xs.size()[0];
+    // floor(keep + U[0,1)) is 1 with probability `keep`, as in the reference.
+    let mask = (Tensor::rand(&mask_shape, (xs.kind(), xs.device())) + keep).floor();
+    xs / keep * mask
+}
+
+/// `nn.BatchNorm2d` with its full set of state-dict entries, including the
+/// `num_batches_tracked` counter that tch's own batch norm lacks.
+#[derive(Debug)]
+struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    num_batches_tracked: Tensor,
+}
+
+impl BatchNorm2d {
+    fn new(p: nn::Path, channels: i64) -> BatchNorm2d {
+        let counter = Tensor::from(0i64).to_device(p.device());
+        BatchNorm2d {
+            weight: p.var("weight", &[channels], nn::Init::Const(1.0)),
+            bias: p.var("bias", &[channels], nn::Init::Const(0.0)),
+            running_mean: p.zeros_no_train("running_mean", &[channels]),
+            running_var: p.ones_no_train("running_var", &[channels]),
+            num_batches_tracked: p.add("num_batches_tracked", counter, false),
+        }
+    }
+}
+
+impl ModuleT for BatchNorm2d {
+    /// Train mode normalises with the batch statistics and updates the
+    /// running ones in place (momentum 0.1, unbiased variance), as the
+    /// reference's finetuning does: it never puts the backbone's BN in eval.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        if train {
+            tch::no_grad(|| {
+                let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
+            });
+        }
+        Tensor::batch_norm(
+            xs,
+            Some(&self.weight),
+            Some(&self.bias),
+            Some(&self.running_mean),
+            Some(&self.running_var),
+            train,
+            BN_MOMENTUM,
+            BN_EPS,
+            true,
+        )
+    }
+}
+
+fn conv(p: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64) -> nn::Conv2D {
+    let config = nn::ConvConfig {
+        stride,
+        padding: kernel / 2,
+        bias: false,
+        // kaiming-normal, fan_out, relu: the reference's init for tensors a
+        // checkpoint doesn't provide.
+        ws_init: nn::Init::Kaiming {
+            dist: nn::init::NormalOrUniform::Normal,
+            fan: nn::init::FanInOut::FanOut,
+            non_linearity: nn::init::NonLinearity::ReLU,
+        },
+        ..Default::default()
+    };
+    nn::conv2d(p, c_in, c_out, kernel, config)
+}
+
+/// Bottleneck v1.5: the stride sits on the 3×3 convolution.
+#[derive(Debug)]
+struct Bottleneck {
+    conv1: nn::Conv2D,
+    bn1: BatchNorm2d,
+    conv2: nn::Conv2D,
+    bn2: BatchNorm2d,
+    conv3: nn::Conv2D,
+    bn3: BatchNorm2d,
+    downsample: Option<(nn::Conv2D, BatchNorm2d)>,
+    drop_path_rate: f64,
+}
+
+impl Bottleneck {
+    fn new(p: nn::Path, c_in: i64, planes: i64, stride: i64, drop_path_rate: f64) -> Bottleneck {
+        let c_out = planes * EXPANSION;
+        let downsample = (stride != 1 || c_in != c_out).then(|| {
+            let d = &p / "downsample";
+            (conv(&d / 0, c_in, c_out, 1, stride), BatchNorm2d::new(&d / 1, c_out))
+        });
+        Bottleneck {
+            conv1: conv(&p / "conv1", c_in, planes, 1, 1),
+            bn1: BatchNorm2d::new(&p / "bn1", planes),
+            conv2: conv(&p / "conv2", planes, planes, 3, stride),
+            bn2: BatchNorm2d::new(&p / "bn2", planes),
+            conv3: conv(&p / "conv3", planes, c_out, 1, 1),
+            bn3: BatchNorm2d::new(&p / "bn3", c_out),
+            downsample,
+            drop_path_rate,
+        }
+    }
+}
+
+impl ModuleT for Bottleneck {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let out = self.bn1.forward_t(&xs.apply(&self.conv1), train).relu();
+        let out = self.bn2.forward_t(&out.apply(&self.conv2), train).relu();
+        let out = self.bn3.forward_t(&out.apply(&self.conv3), train);
+        let identity = match &self.downsample {
+            Some((conv, bn)) => bn.forward_t(&xs.apply(conv), train),
+            None => xs.shallow_clone(),
+        };
+        (identity + drop_path(&out, self.drop_path_rate, train)).relu()
+    }
+}
+
+/// The reference's `ResNet` (stem + `layer1..3`, no `layer4`, pool or fc):
+/// [B, 3, S, S] images to [B, 1024, S/16, S/16] features.
+#[derive(Debug)]
+pub struct ResNet {
+    conv1: nn::Conv2D,
+    bn1: BatchNorm2d,
+    stages: Vec<Vec<Bottleneck>>,
+}
+
+impl ResNet {
+    /// `layers`: blocks in each of the three stages (see [`stage_blocks`]).
+    /// Block `i` of a stage with `n` blocks gets the drop-path rate
+    /// `drop_path_rate * i / (n - 1)`; block 0 always gets none, as in the
+    /// reference.
+    pub fn new(p: &nn::Path, layers: &[i64], drop_path_rate: f64) -> ResNet {
+        assert_eq!(layers.len(), 3, "the OFA ResNet has three stages, got {layers:?}");
+        let mut c_in = 64;
+        let mut stages = Vec::with_capacity(3);
+        for (s, (&blocks, planes)) in layers.iter().zip([64i64, 128, 256]).enumerate() {
+            let stage = p / format!("layer{}", s + 1);
+            let stride = if s == 0 { 1 } else { 2 };
+            let mut stage_blocks = Vec::with_capacity(blocks as usize);
+            for j in 0..blocks {
+                let rate = if j == 0 { 0.0 } else { drop_path_rate * j as f64 / (blocks - 1) as f64 };
+                let block_stride = if j == 0 { stride } else { 1 };
+                stage_blocks.push(Bottleneck::new(&stage / j, c_in, planes, block_stride, rate));
+                c_in = planes * EXPANSION;
+            }
+            stages.push(stage_blocks);
+        }
+        ResNet { conv1: conv(p / "conv1", 3, 64, 7, 2), bn1: BatchNorm2d::new(p / "bn1", 64), stages }
+    }
+}
+
+impl ModuleT for ResNet {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut x = self.bn1.forward_t(&xs.apply(&self.conv1), train).relu().max_pool2d(
+            [3, 3],
+            [2, 2],
+            [1, 1],
+            [1, 1],
+            false,
+        );
+        for block in self.stages.iter().flatten() {
+            x = block.forward_t(&x, train);
+        }
+        x
+    }
+}
