@@ -18,7 +18,10 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Score a saved predictions file with the validation metrics (CIDEr-D, Acc@0.5).
+    Score(elfin_trainer::eval::score_cli::ScoreArgs),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -30,7 +33,9 @@ fn main() -> ExitCode {
         eprintln!("elfin-train: no command given; see `elfin-train --help`");
         return ExitCode::from(2);
     };
-    let result: anyhow::Result<()> = match command {};
+    let result: anyhow::Result<()> = match command {
+        Command::Score(args) => elfin_trainer::eval::score_cli::run(args),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
