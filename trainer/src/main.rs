@@ -21,6 +21,10 @@ struct Cli {
 enum Command {
     /// Score a saved predictions file with the validation metrics (CIDEr-D, Acc@0.5).
     Score(elfin_trainer::eval::score_cli::ScoreArgs),
+    /// Tokenize lines of standard input with an OFA BPE folder: one JSON line `{"text", "ids"}` each.
+    Tokenize(elfin_trainer::data::cli::TokenizeArgs),
+    /// Write a synthetic dataset (train.tsv, val.tsv, bpe/) in the reference's TSV layout.
+    Synth(elfin_trainer::data::synth::SynthArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,8 @@ fn main() -> ExitCode {
     };
     let result: anyhow::Result<()> = match command {
         Command::Score(args) => elfin_trainer::eval::score_cli::run(args),
+        Command::Tokenize(args) => elfin_trainer::data::cli::run_tokenize(&args),
+        Command::Synth(args) => elfin_trainer::data::synth::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
