@@ -1,0 +1,261 @@
+//! Gradient synchronisation: flat buckets, one all-reduce per bucket, the
+//! division by the global sample size; the start-up parameter broadcast and
+//! the cross-rank consistency check.
+//!
+//! After the first `sync`, each parameter's `.grad` *is* a view into its
+//! bucket, so later backward passes accumulate straight into the buckets and
+//! a sync packs nothing and writes nothing back (as PyTorch DDP's
+//! `gradient_as_bucket_view`). This holds as long as gradients are zeroed in
+//! place (`Tensor::zero_grad`); a gradient that was replaced (for instance
+//! set to none by libtorch's optimiser `zero_grad`) is copied into the bucket
+//! and made a view again, which costs one copy.
+
+use super::ProcessGroup;
+use anyhow::{bail, ensure, Context, Result};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+/// The trainable variables of `vs` (those requiring a gradient) with their
+/// names, sorted by name: the same order on every rank.
+pub fn trainable_named(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
+struct Param {
+    name: String,
+    tensor: Tensor,
+    bucket: usize,
+    offset: i64,
+    numel: i64,
+}
+
+/// Bucketed gradient all-reduce over a fixed list of parameters.
+pub struct GradSync {
+    params: Vec<Param>,
+    buckets: Vec<Tensor>,
+    /// Per parameter: on how many ranks it got a gradient this update.
+    present: Vec<f64>,
+}
+
+fn contiguous_strides(size: &[i64]) -> Vec<i64> {
+    let mut strides = vec![1i64; size.len()];
+    for i in (0..size.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * size[i + 1].max(1);
+    }
+    strides
+}
+
+impl GradSync {
+    /// Lays the parameters out in buckets of at most `bucket_cap_bytes`
+    /// (a larger parameter gets a bucket of its own), in the given order;
+    /// a bucket holds one dtype on one device. Every rank must pass the same
+    /// parameters in the same order ([`trainable_named`] gives one).
+    pub fn new(params: Vec<(String, Tensor)>, bucket_cap_bytes: usize) -> Result<GradSync> {
+        let mut layout: Vec<Param> = Vec::with_capacity(params.len());
+        let mut bucket_specs: Vec<(Kind, Device, i64)> = Vec::new();
+        for (name, tensor) in params {
+            ensure!(tensor.requires_grad(), "parameter `{name}` does not require a gradient; pass only trainable parameters");
+            let (kind, device, numel) = (tensor.kind(), tensor.device(), tensor.numel() as i64);
+            let bytes = numel as usize * kind.elt_size_in_bytes();
+            let fits = bucket_specs.last().is_some_and(|&(k, d, used)| {
+                k == kind && d == device && used as usize * kind.elt_size_in_bytes() + bytes <= bucket_cap_bytes
+            });
+            if !fits {
+                bucket_specs.push((kind, device, 0));
+            }
+            let bucket = bucket_specs.len() - 1;
+            let spec = &mut bucket_specs[bucket];
+            layout.push(Param { name, tensor, bucket, offset: spec.2, numel });
+            spec.2 += numel;
+        }
+        let buckets = bucket_specs.iter().map(|&(kind, device, numel)| Tensor::zeros([numel], (kind, device))).collect();
+        let present = vec![0.0; layout.len()];
+        Ok(GradSync { params: layout, buckets, present })
+    }
+
+    /// [`GradSync::new`] over the trainable variables of `vs` in name order.
+    pub fn from_var_store(vs: &VarStore, bucket_cap_bytes: usize) -> Result<GradSync> {
+        GradSync::new(trainable_named(vs), bucket_cap_bytes)
+    }
+
+    pub fn num_buckets(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// The parameters in bucket order, with their names.
+    pub fn named_parameters(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.params.iter().map(|p| (p.name.as_str(), &p.tensor))
+    }
+
+    /// Checks that every rank has the same parameter list (names, shapes,
+    /// dtypes), then gives every rank rank 0's parameter values.
+    pub fn broadcast_parameters(&self, pg: &ProcessGroup) -> Result<()> {
+        let signature = layout_signature(self.params.iter().map(|p| (p.name.as_str(), &p.tensor)));
+        let all = pg.all_gather_u64(&[signature])?;
+        if let Some(rank) = all.iter().position(|&s| s != all[0]) {
+            bail!(
+                "rank {rank} has a different list of trainable parameters (names, shapes or dtypes) than rank 0; \
+                 every rank must build the same model with the same frozen parameters"
+            );
+        }
+        broadcast_tensors(pg, self.params.iter().map(|p| &p.tensor), 0)
+    }
+
+    fn segment(&self, i: usize) -> Tensor {
+        let p = &self.params[i];
+        self.buckets[p.bucket].narrow(0, p.offset, p.numel)
+    }
+
+    /// Sums the gradients over all ranks, one all-reduce per bucket, and
+    /// divides them by `global_sample_size` (the sample sizes of all ranks
+    /// summed). A parameter without a gradient on some rank counts as zero
+    /// there; one without a gradient on every rank keeps none.
+    pub fn sync(&mut self, pg: &ProcessGroup, global_sample_size: f64) -> Result<()> {
+        ensure!(
+            global_sample_size > 0.0 && global_sample_size.is_finite(),
+            "the global sample size must be positive and finite to normalise gradients, got {global_sample_size}"
+        );
+        for i in 0..self.params.len() {
+            let grad = self.params[i].tensor.grad();
+            let mut segment = self.segment(i);
+            self.present[i] = if grad.defined() { 1.0 } else { 0.0 };
+            if !grad.defined() {
+                let _ = segment.zero_();
+            } else if grad.data_ptr() != segment.data_ptr() {
+                tch::no_grad(|| segment.view(grad.size().as_slice()).copy_(&grad));
+            }
+        }
+        pg.all_reduce_f64(&mut self.present)?;
+        for bucket in &mut self.buckets {
+            pg.all_reduce_sum(bucket)?;
+            let _ = bucket.g_div_scalar_(global_sample_size);
+        }
+        for i in 0..self.params.len() {
+            if self.present[i] > 0.0 {
+                self.attach_grad_view(i).with_context(|| format!("making the gradient of `{}` a bucket view", self.params[i].name))?;
+            }
+        }
+        pg.wait()
+    }
+
+    /// Makes parameter `i`'s `.grad` share its bucket segment, creating the
+    /// gradient when the parameter has none yet.
+    fn attach_grad_view(&self, i: usize) -> Result<()> {
+        let p = &self.params[i];
+        let segment = self.segment(i);
+        let mut grad = p.tensor.grad();
+        if grad.defined() && grad.data_ptr() == segment.data_ptr() {
+            return Ok(());
+        }
+        if !grad.defined() {
+            // libtorch offers no setter for `.grad` through tch; a backward
+            // pass through a zero multiple of the parameter creates one,
+            // whose storage is then replaced by the bucket's.
+            tch::with_grad(|| (p.tensor.sum(Kind::Float) * 0.0).f_backward())?;
+            grad = p.tensor.grad();
+            ensure!(grad.defined(), "the parameter did not get a gradient from a backward pass");
+        }
+        let size = p.tensor.size();
+        let stride = contiguous_strides(&size);
+        let viewed = tch::no_grad(|| {
+            grad.f_set_source_tensor_storage_offset_(&self.buckets[p.bucket], p.offset, size.as_slice(), stride.as_slice())
+        });
+        if viewed.is_err() {
+            // Some gradients forbid metadata changes; they keep their own
+            // memory and receive the synchronised values by a copy.
+            tch::no_grad(|| grad.f_copy_(&segment.view(size.as_slice())))?;
+        }
+        Ok(())
+    }
+}
+
+/// A hash of the names, shapes and dtypes of a parameter list.
+fn layout_signature<'a>(params: impl Iterator<Item = (&'a str, &'a Tensor)>) -> u64 {
+    let mut h = Hasher64::new();
+    for (name, t) in params {
+        h.write(name.as_bytes());
+        for d in t.size() {
+            h.write(&d.to_le_bytes());
+        }
+        h.write(format!("{:?}", t.kind()).as_bytes());
+    }
+    h.finish()
+}
+
+/// Broadcasts each tensor from `root` to every rank, in place.
+pub fn broadcast_tensors<'a>(pg: &ProcessGroup, tensors: impl IntoIterator<Item = &'a Tensor>, root: usize) -> Result<()> {
+    for t in tensors {
+        pg.broadcast(&mut t.shallow_clone(), root)?;
+    }
+    pg.wait()
+}
+
+/// Broadcasts every variable of `vs` (trainable, frozen and buffers) from
+/// rank 0, in name order.
+pub fn broadcast_var_store(pg: &ProcessGroup, vs: &VarStore) -> Result<()> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    broadcast_tensors(pg, named.iter().map(|(_, t)| t), 0)
+}
+
+/// Compares the bytes of every tensor across ranks (through a 64-bit hash
+/// per tensor) and fails naming the first tensor and the ranks that differ.
+/// Every rank gets the same verdict.
+pub fn check_consistency<'a>(pg: &ProcessGroup, named: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> Result<()> {
+    let named: Vec<(&str, &Tensor)> = named.into_iter().collect();
+    let local: Vec<u64> = named.iter().map(|(_, t)| tensor_hash(t)).collect();
+    let all = pg.all_gather_u64(&local)?;
+    let n = local.len();
+    ensure!(all.len() == n * pg.size(), "ranks checked different numbers of tensors");
+    for (i, (name, _)) in named.iter().enumerate() {
+        let differing: Vec<usize> = (1..pg.size()).filter(|&r| all[r * n + i] != all[i]).collect();
+        if !differing.is_empty() {
+            bail!(
+                "parameters differ between ranks: `{name}` on rank(s) {differing:?} is not bit-identical to rank 0's \
+                 (checked by --check-consistency); the ranks have diverged, so training stops"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A 64-bit hash of a tensor's bytes (copied to the host, made contiguous).
+fn tensor_hash(t: &Tensor) -> u64 {
+    let host = t.detach().to_device(Device::Cpu).contiguous();
+    let nbytes = host.numel() * host.kind().elt_size_in_bytes();
+    // SAFETY: a contiguous host tensor of `nbytes` bytes that lives through the borrow.
+    let bytes = unsafe { std::slice::from_raw_parts(host.data_ptr() as *const u8, nbytes) };
+    let mut h = Hasher64::new();
+    h.write(bytes);
+    h.finish()
+}
+
+/// A fast non-cryptographic hash over 8-byte words, enough to tell whether
+/// two ranks hold the same bits.
+struct Hasher64(u64);
+
+impl Hasher64 {
+    fn new() -> Self {
+        Hasher64(0x243f_6a88_85a3_08d3)
+    }
+
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0 ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.mix(u64::from_le_bytes(c.try_into().expect("8-byte chunk")));
+        }
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        self.mix(u64::from_le_bytes(tail));
+        self.mix(bytes.len() as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 31)
+    }
+}
