@@ -1,11 +1,38 @@
 //! `elfin`: run a finetuning preset on one node or many through mpirun.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use elfin_launcher::{cli, launch, presets_command, report, run};
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(name = "elfin", version, about = "Run elfin finetuning presets on one node or many")]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// List the presets (name, task, description), or `show` one resolved.
+    Presets(cli::PresetsArgs),
+    /// Run a preset: one elfin-train rank per GPU (or CPU slot) on each node, through mpirun.
+    Launch(cli::LaunchArgs),
+    /// One rank under mpirun: runs the trainer with its output in LOG_DIR/rank-N.log (started by `launch`).
+    #[command(hide = true)]
+    Rank(cli::RankArgs),
+    /// Write one self-contained HTML page with the curves and validation samples of one or more runs.
+    Report(report::ReportArgs),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Presets(args) => presets_command::run(args),
+        Command::Launch(args) => launch::run(args),
+        Command::Rank(args) => run::run_rank(&args.log_dir, &args.trainer),
+        Command::Report(args) => report::run(args).map(|()| ExitCode::SUCCESS),
+    };
+    result.unwrap_or_else(|err| {
+        eprintln!("elfin: error: {err:#}");
+        ExitCode::FAILURE
+    })
 }

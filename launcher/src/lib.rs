@@ -1,0 +1,13 @@
+//! elfin's launcher: presets, the launch plan, and running the ranks through mpirun.
+
+pub mod cli;
+pub mod flags;
+pub mod launch;
+pub mod mpi_env;
+pub mod mpirun;
+pub mod plan;
+pub mod preset;
+pub mod presets_command;
+pub mod quote;
+pub mod report;
+pub mod run;

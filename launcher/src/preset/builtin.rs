@@ -1,0 +1,19 @@
+//! The presets of `scripts/presets/`, compiled into the binary so an
+//! installed `elfin` needs no source tree.
+
+/// `(name, text)`; names starting with `_` are pieces other presets
+/// `source`, not presets of their own.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("_ofa_el_common", include_str!("../../../scripts/presets/_ofa_el_common.sh")),
+    ("caption_stage1_el", include_str!("../../../scripts/presets/caption_stage1_el.sh")),
+    ("caption_stage1_el_db", include_str!("../../../scripts/presets/caption_stage1_el_db.sh")),
+    ("refcoco_el", include_str!("../../../scripts/presets/refcoco_el.sh")),
+    ("refcocoplus_el", include_str!("../../../scripts/presets/refcocoplus_el.sh")),
+    ("refcocog_el", include_str!("../../../scripts/presets/refcocog_el.sh")),
+    ("demo_caption_el", include_str!("../../../scripts/presets/demo_caption_el.sh")),
+    ("demo_refcoco_el", include_str!("../../../scripts/presets/demo_refcoco_el.sh")),
+];
+
+pub fn get(name: &str) -> Option<&'static str> {
+    BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, text)| *text)
+}

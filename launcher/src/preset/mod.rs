@@ -1,0 +1,5 @@
+//! Presets: the per-task recipes `elfin launch` runs.
+
+pub mod builtin;
+pub mod parse;
+pub mod resolve;
