@@ -1,10 +1,13 @@
 //! elfin-trainer: one training rank of elfin. See `docs/architecture.md`.
 
+pub mod checkpoint;
 pub mod criterion;
 pub mod data;
 pub mod dist;
 pub mod eval;
 pub mod generate;
+pub mod metrics_log;
 pub mod model;
 pub mod optim;
+pub mod signals;
 pub mod version;

@@ -1,0 +1,193 @@
+//! One Adam step against numbers worked out from the spec's formulas,
+//! gradient clipping, and the fp16 loss scaler.
+
+use elfin_trainer::optim::loss_scaler::default_scale_window;
+use elfin_trainer::optim::{clip_grad_norm, Adam, ClipRule, DynamicLossScaler, LossScalerState};
+use tch::{Kind, Tensor};
+
+fn param(values: &[f32]) -> Tensor {
+    Tensor::from_slice(values).set_requires_grad(true)
+}
+
+fn set_grad(p: &Tensor, g: &[f32]) {
+    // d/dp of sum(p * g) is g.
+    (p * Tensor::from_slice(g)).sum(Kind::Float).backward();
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap()
+}
+
+/// fairseq Adam for one scalar, written out from spec §6.2 in f64.
+fn reference_adam(p: f64, grads: &[f64], lrs: &[f64], b1: f64, b2: f64, eps: f64, wd: f64) -> f64 {
+    let (mut p, mut m, mut v) = (p, 0.0, 0.0);
+    for (t, (&g, &lr)) in grads.iter().zip(lrs).enumerate() {
+        let t = (t + 1) as i32;
+        m = b1 * m + (1.0 - b1) * g;
+        v = b2 * v + (1.0 - b2) * g * g;
+        let denom = v.sqrt() + eps;
+        let step_size = lr * (1.0 - b2.powi(t)).sqrt() / (1.0 - b1.powi(t));
+        p -= lr * wd * p;
+        p -= step_size * m / denom;
+    }
+    p
+}
+
+#[test]
+fn adam_matches_hand_computed_steps_with_weight_decay() {
+    let (b1, b2, eps, wd) = (0.9, 0.999, 0.1, 0.01);
+    let p = param(&[1.0, -2.0, 0.5]);
+    let mut adam = Adam::with_hyperparameters(b1, b2, eps, wd);
+    let named = vec![("w".to_string(), p.shallow_clone())];
+    let grads = [[0.5f32, 0.1, -3.0], [-0.25, 0.2, 1.0]];
+    let lrs = [0.1, 0.05];
+    for (g, &lr) in grads.iter().zip(&lrs) {
+        p.shallow_clone().zero_grad();
+        set_grad(&p, g);
+        adam.step(&named, lr).unwrap();
+    }
+    assert_eq!(adam.num_steps(), 2);
+    let got = values(&p);
+    for (i, start) in [1.0, -2.0, 0.5].into_iter().enumerate() {
+        let gs: Vec<f64> = grads.iter().map(|g| g[i] as f64).collect();
+        let want = reference_adam(start, &gs, &lrs, b1, b2, eps, wd);
+        assert!((got[i] - want).abs() < 1e-6, "element {i}: {} vs {want}", got[i]);
+        // With a large eps the placement matters: torch's AdamW (eps after the
+        // bias correction) lands elsewhere, so this is not AdamW.
+        let adamw_eps = eps / (1.0 - b2.powi(2)).sqrt();
+        let adamw = reference_adam(start, &gs, &lrs, b1, b2, adamw_eps, wd);
+        assert!((want - adamw).abs() > 1e-4, "element {i}: eps placement is not visible");
+    }
+    // Worked by hand for element 0 after the first step (lr 0.1):
+    // m = 0.05, v = 0.00025, denom = 0.0158114 + 0.1, step = 0.1·sqrt(0.001)/0.1,
+    // p = 1 − 0.001 − 0.0316228·0.05/0.1158114 = 0.9853472.
+    let once = reference_adam(1.0, &[0.5], &[0.1], b1, b2, eps, wd);
+    assert!((once - 0.985_347_2).abs() < 1e-6, "{once}");
+}
+
+#[test]
+fn an_update_at_lr_zero_moves_nothing_but_advances_the_moments() {
+    let p = param(&[1.0, 2.0]);
+    let named = vec![("w".to_string(), p.shallow_clone())];
+    let mut adam = Adam::with_hyperparameters(0.9, 0.999, 1e-8, 0.01);
+    set_grad(&p, &[1.0, -1.0]);
+    adam.step(&named, 0.0).unwrap();
+    assert_eq!(values(&p), vec![1.0, 2.0]);
+    let state = adam.state();
+    assert_eq!(state.step, 1);
+    let m = &state.moments["w"];
+    assert!((values(&m.exp_avg)[0] - 0.1).abs() < 1e-7);
+    assert!((values(&m.exp_avg_sq)[1] - 0.001).abs() < 1e-9);
+    assert_eq!(m.exp_avg.kind(), Kind::Float);
+}
+
+#[test]
+fn a_parameter_without_gradient_still_decays() {
+    let p = param(&[2.0]);
+    let named = vec![("unused".to_string(), p.shallow_clone())];
+    let mut adam = Adam::with_hyperparameters(0.9, 0.999, 1e-8, 0.1);
+    adam.step(&named, 0.5).unwrap();
+    assert!((values(&p)[0] - 2.0 * (1.0 - 0.05)).abs() < 1e-7);
+}
+
+#[test]
+fn adam_state_round_trips_and_rejects_unknown_parameters() {
+    let p = param(&[1.0, 2.0]);
+    let named = vec![("w".to_string(), p.shallow_clone())];
+    let mut a = Adam::with_hyperparameters(0.9, 0.999, 1e-8, 0.0);
+    set_grad(&p, &[1.0, 1.0]);
+    a.step(&named, 0.1).unwrap();
+    let mut b = Adam::with_hyperparameters(0.9, 0.999, 1e-8, 0.0);
+    b.load_state(a.state(), &named).unwrap();
+    assert_eq!(b.num_steps(), 1);
+    let other = vec![("v".to_string(), p.shallow_clone())];
+    let err = Adam::with_hyperparameters(0.9, 0.999, 1e-8, 0.0).load_state(a.state(), &other).unwrap_err();
+    assert!(format!("{err:#}").contains("--reset-optimizer"), "{err:#}");
+}
+
+#[test]
+fn clipping_uses_the_true_norm_and_reports_it() {
+    let grads = || vec![Tensor::from_slice(&[3.0f32, 0.0]), Tensor::from_slice(&[4.0f32])];
+    // Exact rule (fp16 path): coefficient max/norm.
+    let g = grads();
+    let out = clip_grad_norm(&g, 1.0, 1.0, ClipRule::Exact);
+    assert_eq!((out.gnorm, out.clipped), (5.0, true));
+    assert!((values(&g[0])[0] - 0.6).abs() < 1e-7 && (values(&g[1])[0] - 0.8).abs() < 1e-7);
+    // The multiplier (1 / (scale × sample size)) is part of the true norm.
+    let g = grads();
+    let out = clip_grad_norm(&g, 1.0, 0.1, ClipRule::Exact);
+    assert!((out.gnorm - 0.5).abs() < 1e-7 && !out.clipped);
+    assert!((values(&g[1])[0] - 0.4).abs() < 1e-7, "multiplier applied once");
+    // fp32 rule: max / (norm + 1e-6).
+    let g = grads();
+    let out = clip_grad_norm(&g, 1.0, 1.0, ClipRule::WithEpsilon);
+    assert!(out.clipped);
+    assert!((values(&g[1])[0] - 4.0 / (5.0 + 1e-6)).abs() < 1e-7);
+    // Clipping off: norm reported, gradients only multiplied.
+    let g = grads();
+    let out = clip_grad_norm(&g, 0.0, 2.0, ClipRule::Exact);
+    assert_eq!((out.gnorm, out.clipped), (10.0, false));
+    assert_eq!(values(&g[1]), vec![8.0]);
+    // Overflow: an infinite norm, gradients left alone for the skip.
+    let g = vec![Tensor::from_slice(&[f32::INFINITY, 1.0])];
+    let out = clip_grad_norm(&g, 1.0, 0.5, ClipRule::Exact);
+    assert!(!out.is_finite() && !out.clipped);
+    assert_eq!(values(&g[0])[1], 1.0);
+    let g = vec![Tensor::from_slice(&[f32::NAN])];
+    assert!(clip_grad_norm(&g, 1.0, 1.0, ClipRule::Exact).gnorm.is_nan());
+}
+
+fn scaler(init: f64, window: u64, min: f64) -> DynamicLossScaler {
+    DynamicLossScaler::from_state(LossScalerState {
+        scale: init,
+        scale_window: window,
+        tolerance: 0.0,
+        threshold: None,
+        min_scale: min,
+        iter: 0,
+        last_overflow_iter: -1,
+        last_rescale_iter: -1,
+        overflows_since_rescale: 0,
+    })
+}
+
+#[test]
+fn loss_scale_halves_on_overflow_and_doubles_after_a_clean_window() {
+    let mut s = scaler(128.0, 3, 1e-4);
+    // Growth from the start: after 3 clean updates.
+    for _ in 0..2 {
+        assert!(!s.check_overflow(1.0).unwrap());
+        s.update();
+    }
+    assert_eq!(s.scale(), 128.0);
+    assert!(!s.check_overflow(1.0).unwrap());
+    s.update();
+    assert_eq!(s.scale(), 256.0);
+    // Overflow: halve and skip; the window restarts from the overflow.
+    assert!(s.check_overflow(f64::INFINITY).unwrap());
+    assert_eq!(s.scale(), 128.0);
+    assert!(s.check_overflow(f64::NAN).unwrap());
+    assert_eq!(s.scale(), 64.0);
+    for i in 1..=3 {
+        s.update();
+        assert_eq!(s.scale(), if i < 3 { 64.0 } else { 128.0 }, "after {i} clean updates");
+    }
+    let st = s.state();
+    assert_eq!((st.iter, st.last_overflow_iter), (8, 4));
+}
+
+#[test]
+fn loss_scale_at_the_minimum_is_an_error_and_keeps_the_last_scale() {
+    let mut s = scaler(1.0, 512, 0.25);
+    assert!(s.check_overflow(f64::INFINITY).unwrap());
+    assert_eq!(s.scale(), 0.5);
+    let err = s.check_overflow(f64::INFINITY).unwrap_err();
+    assert_eq!(s.scale(), 0.5);
+    assert!(err.to_string().contains("minimum (0.25)"), "{err}");
+}
+
+#[test]
+fn default_window_follows_world_size_and_update_freq() {
+    assert_eq!(default_scale_window(4, 4), 1024);
+    assert_eq!(default_scale_window(1, 1), 16384);
+}
