@@ -25,6 +25,8 @@ enum Command {
     Tokenize(elfin_trainer::data::cli::TokenizeArgs),
     /// Write a synthetic dataset (train.tsv, val.tsv, bpe/) in the reference's TSV layout.
     Synth(elfin_trainer::data::synth::SynthArgs),
+    /// Build a model (optionally loading a converted checkpoint) and print its parameter counts.
+    Model(elfin_trainer::model::cli_model::ModelCommand),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Score(args) => elfin_trainer::eval::score_cli::run(args),
         Command::Tokenize(args) => elfin_trainer::data::cli::run_tokenize(&args),
         Command::Synth(args) => elfin_trainer::data::synth::run(&args),
+        Command::Model(args) => elfin_trainer::model::cli_model::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
