@@ -27,6 +27,8 @@ enum Command {
     Synth(elfin_trainer::data::synth::SynthArgs),
     /// Build a model (optionally loading a converted checkpoint) and print its parameter counts.
     Model(elfin_trainer::model::cli_model::ModelCommand),
+    /// Run one eval-mode forward pass of a checkpoint on saved inputs and save logits and encoder output.
+    Forward(elfin_trainer::model::cli_forward::ForwardArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => elfin_trainer::data::cli::run_tokenize(&args),
         Command::Synth(args) => elfin_trainer::data::synth::run(&args),
         Command::Model(args) => elfin_trainer::model::cli_model::run(args),
+        Command::Forward(args) => elfin_trainer::model::cli_forward::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

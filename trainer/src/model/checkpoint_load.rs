@@ -265,20 +265,6 @@ fn join(names: &[&String]) -> String {
 /// the file loads back here and converts to a full reference state dict.
 pub fn save_checkpoint(vs: &nn::VarStore, path: &Path) -> Result<()> {
     let vars = vs.variables();
-    let mut names: Vec<&String> = vars.keys().collect();
-    names.sort();
-    let mut data = Vec::with_capacity(names.len());
-    for name in names {
-        let t = vars[name].to_device(tch::Device::Cpu).contiguous();
-        let mut bytes = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
-        t.f_copy_data_u8(&mut bytes, t.numel())?;
-        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-        data.push((name.clone(), dtype_of(t.kind())?, shape, bytes));
-    }
-    let views = data
-        .iter()
-        .map(|(name, dtype, shape, bytes)| Ok((name.clone(), TensorView::new(*dtype, shape.clone(), bytes)?)))
-        .collect::<Result<Vec<_>>>()?;
     let mut aliases = BTreeMap::new();
     let mut seen: BTreeSet<&str> = vars.keys().map(|s| s.as_str()).collect();
     for (alias, target) in TIES {
@@ -289,6 +275,27 @@ pub fn save_checkpoint(vs: &nn::VarStore, path: &Path) -> Result<()> {
         }
     }
     let metadata = HashMap::from([("aliases".to_string(), serde_json::to_string(&aliases)?)]);
+    write_tensors(path, vars.iter().map(|(k, v)| (k.as_str(), v)), metadata)
+}
+
+/// Writes named tensors (any device, any layout) to a safetensors file.
+pub fn write_tensors<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let mut data = Vec::new();
+    for (name, t) in tensors {
+        let t = t.to_device(tch::Device::Cpu).contiguous();
+        let mut bytes = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut bytes, t.numel())?;
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        data.push((name.to_string(), dtype_of(t.kind())?, shape, bytes));
+    }
+    let views = data
+        .iter()
+        .map(|(name, dtype, shape, bytes)| Ok((name.clone(), TensorView::new(*dtype, shape.clone(), bytes)?)))
+        .collect::<Result<Vec<_>>>()?;
     safetensors::tensor::serialize_to_file(views, Some(metadata), path)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())

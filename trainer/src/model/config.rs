@@ -1,7 +1,7 @@
 //! Model configuration: the reference's architecture presets (spec
 //! `ofa-model.md` §1) and the command-line flags that adjust them (§1.4, §2).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// Every option the model reads. `from_arch` gives a preset with the
@@ -131,6 +131,38 @@ impl OfaConfig {
         cfg.scale_fc = true;
         cfg.scale_heads = true;
         cfg.disable_entangle = true;
+        Ok(cfg)
+    }
+
+    /// The configuration a reference run used, from its argument namespace
+    /// as JSON (what the checkpoint converter stores as metadata `args`).
+    /// Options the namespace lacks keep the preset's value.
+    pub fn from_reference_args(args: &serde_json::Value) -> Result<OfaConfig> {
+        let Some(arch) = args.get("arch").and_then(|a| a.as_str()) else {
+            bail!("the reference arguments have no `arch`");
+        };
+        let preset = OfaConfig::from_arch(arch)?;
+        let mut merged = serde_json::to_value(&preset)?;
+        let fields = merged.as_object_mut().expect("a config serialises to an object");
+        let renamed = [
+            ("encoder_embed_dim", "embed_dim"),
+            ("encoder_ffn_embed_dim", "ffn_embed_dim"),
+            ("encoder_attention_heads", "attention_heads"),
+        ];
+        for (key, value) in args.as_object().into_iter().flatten() {
+            let ours = renamed.iter().find(|(theirs, _)| theirs == key).map_or(key.as_str(), |(_, ours)| *ours);
+            if !value.is_null() && ours != "arch" && fields.contains_key(ours) {
+                fields.insert(ours.to_string(), value.clone());
+            }
+        }
+        if let Some(resnet) = args.get("resnet_type").and_then(|r| r.as_str()) {
+            let Some(blocks) = super::resnet::stage_blocks(resnet) else {
+                bail!("unsupported resnet_type {resnet:?} in the reference arguments");
+            };
+            fields.insert("resnet_layers".into(), serde_json::json!(blocks));
+        }
+        let cfg: OfaConfig = serde_json::from_value(merged).context("reading the reference arguments")?;
+        cfg.validate()?;
         Ok(cfg)
     }
 
@@ -275,10 +307,17 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Flags on `--arch`'s preset. Switches can only turn options on, as in
-    /// the reference, where they are `store_true` flags.
+    /// Flags on `--arch`'s preset.
     pub fn to_config(&self) -> Result<OfaConfig> {
         let mut cfg = OfaConfig::from_arch(&self.arch)?;
+        self.apply(&mut cfg);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Sets the options these flags give on `cfg`. Switches can only turn
+    /// options on, as in the reference, where they are `store_true` flags.
+    pub fn apply(&self, cfg: &mut OfaConfig) {
         cfg.encoder_normalize_before |= self.encoder_normalize_before;
         cfg.decoder_normalize_before |= self.decoder_normalize_before;
         cfg.share_decoder_input_output_embed |= self.share_decoder_input_output_embed;
@@ -308,7 +347,5 @@ impl ModelArgs {
             // The reference forces this on with shared embeddings.
             cfg.share_decoder_input_output_embed = true;
         }
-        cfg.validate()?;
-        Ok(cfg)
     }
 }

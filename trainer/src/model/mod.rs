@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod checkpoint_load;
+pub mod cli_forward;
 pub mod cli_model;
 pub mod config;
 pub mod decoder;
@@ -10,6 +11,7 @@ pub mod encoder;
 pub mod layers;
 mod net_input;
 pub mod ofa;
+pub mod precision;
 pub mod relative_position;
 pub mod resnet;
 
@@ -19,4 +21,5 @@ pub use decoder::DecoderCache;
 pub use encoder::EncoderOut;
 pub use net_input::NetInput;
 pub use ofa::OfaModel;
+pub use precision::Precision;
 pub use resnet::ResNet;
