@@ -26,8 +26,36 @@ pub fn decode_base64(field: &str) -> Result<Vec<u8>> {
 /// 8-bit RGB: grey is replicated, alpha dropped without compositing (as PIL).
 /// No EXIF orientation is applied (neither does the reference).
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        return decode_jpeg(bytes);
+    }
     let img = image::load_from_memory(bytes).map_err(|e| anyhow!("the image does not decode ({e})"))?;
     Ok(img.to_rgb8())
+}
+
+/// JPEG through `jpeg-decoder`, whose fancy chroma upsampling follows
+/// libjpeg's (the reference decodes with libjpeg-turbo), so pixels agree
+/// within ±1.
+fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
+    use jpeg_decoder::PixelFormat;
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    let pixels = decoder.decode().map_err(|e| anyhow!("the JPEG image does not decode ({e})"))?;
+    let info = decoder.info().ok_or_else(|| anyhow!("the JPEG image has no frame header"))?;
+    let rgb: Vec<u8> = match info.pixel_format {
+        PixelFormat::RGB24 => pixels,
+        PixelFormat::L8 => pixels.iter().flat_map(|&g| [g, g, g]).collect(),
+        PixelFormat::L16 => pixels.chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
+        // PIL's CMYK → RGB: each channel 255 − min(255, C + K).
+        PixelFormat::CMYK32 => pixels
+            .chunks_exact(4)
+            .flat_map(|p| {
+                let k = p[3] as u16;
+                [0, 1, 2].map(|c| 255 - (p[c] as u16 + k).min(255) as u8)
+            })
+            .collect(),
+    };
+    RgbImage::from_raw(info.width as u32, info.height as u32, rgb)
+        .ok_or_else(|| anyhow!("the JPEG image's pixel count does not match its size"))
 }
 
 /// Per-channel mean and std of the model's input normalisation.
