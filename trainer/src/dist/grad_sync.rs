@@ -102,6 +102,17 @@ impl GradSync {
         broadcast_tensors(pg, self.params.iter().map(|p| &p.tensor), 0)
     }
 
+    /// How many parameters' gradients currently live in the buckets (those
+    /// need no copy at the next sync).
+    pub fn grads_in_buckets(&self) -> usize {
+        (0..self.params.len())
+            .filter(|&i| {
+                let grad = self.params[i].tensor.grad();
+                grad.defined() && grad.data_ptr() == self.segment(i).data_ptr()
+            })
+            .count()
+    }
+
     fn segment(&self, i: usize) -> Tensor {
         let p = &self.params[i];
         self.buckets[p.bucket].narrow(0, p.offset, p.numel)
@@ -116,6 +127,17 @@ impl GradSync {
             global_sample_size > 0.0 && global_sample_size.is_finite(),
             "the global sample size must be positive and finite to normalise gradients, got {global_sample_size}"
         );
+        self.reduce(pg, Some(global_sample_size))
+    }
+
+    /// Sums the gradients over all ranks without dividing them, for an
+    /// optimiser that folds `1 / global sample size` into its own pass over
+    /// the gradients (saving one pass over memory on CPU).
+    pub fn sync_sum(&mut self, pg: &ProcessGroup) -> Result<()> {
+        self.reduce(pg, None)
+    }
+
+    fn reduce(&mut self, pg: &ProcessGroup, divisor: Option<f64>) -> Result<()> {
         for i in 0..self.params.len() {
             let grad = self.params[i].tensor.grad();
             let mut segment = self.segment(i);
@@ -129,7 +151,9 @@ impl GradSync {
         pg.all_reduce_f64(&mut self.present)?;
         for bucket in &mut self.buckets {
             pg.all_reduce_sum(bucket)?;
-            let _ = bucket.g_div_scalar_(global_sample_size);
+            if let Some(divisor) = divisor {
+                let _ = bucket.g_div_scalar_(divisor);
+            }
         }
         for i in 0..self.params.len() {
             if self.present[i] > 0.0 {

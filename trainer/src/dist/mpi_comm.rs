@@ -103,8 +103,13 @@ fn in_place_marker() -> Option<*const c_void> {
     marker.map(|m| m as *const c_void)
 }
 
-/// Largest element count passed to one MPI call (counts are C ints).
-const MAX_COUNT: usize = 1 << 30;
+/// Largest byte count reduced by one MPI call. Open MPI allocates a
+/// temporary buffer as large as the message for each all-reduce; above
+/// glibc's mmap threshold (at most 32 MB) every call maps and faults in fresh
+/// pages, and large messages leave the caches. On 2 ranks of one node, one
+/// 83 MB all-reduce took 113 ms and the same data in 1 MiB pieces 18 ms
+/// (docs/performance.md). Counts are C ints, too.
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// The world communicator's collectives. Only built when the world has more
 /// than one rank.
@@ -147,9 +152,10 @@ impl MpiComm {
     pub(crate) unsafe fn all_reduce_sum(&self, ptr: *mut c_void, count: usize, elem: Elem) -> Result<()> {
         let (datatype, op) = Self::datatype_and_op(elem);
         let mut scratch = Vec::new();
+        let chunk_count = CHUNK_BYTES / elem.size();
         let mut done = 0;
         while done < count {
-            let n = (count - done).min(MAX_COUNT);
+            let n = (count - done).min(chunk_count);
             // SAFETY: within the caller's buffer.
             let chunk = unsafe { (ptr as *mut u8).add(done * elem.size()) as *mut c_void };
             let rc = match in_place_marker() {
@@ -182,7 +188,7 @@ impl MpiComm {
         }
         let mut done = 0;
         while done < nbytes {
-            let n = (nbytes - done).min(MAX_COUNT);
+            let n = (nbytes - done).min(i32::MAX as usize);
             // SAFETY: within the caller's buffer; MPI_UINT8_T has size 1.
             let rc = unsafe {
                 ffi::MPI_Bcast((ptr as *mut u8).add(done) as *mut c_void, n as c_int, ffi::RSMPI_UINT8_T, root as c_int, self.comm.as_raw())

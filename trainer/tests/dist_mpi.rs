@@ -1,0 +1,459 @@
+//! `elfin_trainer::dist` with real processes on CPU: each test re-runs this
+//! binary, filtered to itself, under `mpirun -np 2` or `-np 3
+//! --oversubscribe` (or alone, as an MPI singleton), with a marker in the
+//! environment that makes the process a rank. The ranks check their results
+//! themselves and print a line per rank that the parent test looks for.
+
+use anyhow::{anyhow, ensure, Context, Result};
+use elfin_trainer::dist::{
+    broadcast_var_store, check_consistency, trainable_named, BackendKind, DistArgs, GradSync, ProcessGroup, World,
+};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use tch::nn::{self, Module, OptimizerConfig, VarStore};
+use tch::{Device, Kind, Tensor};
+
+const CHILD: &str = "ELFIN_DIST_CHILD";
+
+fn is_child() -> bool {
+    std::env::var_os(CHILD).is_some()
+}
+
+fn env_usize(name: &str) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} not set"))
+}
+
+/// Body of a rank: initialise the world, run `f`, end through `World::finish`.
+fn rank_main(f: impl FnOnce(&World) -> Result<()>) {
+    let world = World::init().expect("MPI world");
+    let result = f(&world);
+    world.finish(result).expect("rank failed");
+}
+
+/// Runs test `name` of this binary as `np` ranks under mpirun (`np` = 0:
+/// one process without any launcher), killed after `limit`.
+fn launch(name: &str, np: usize, env: &[(&str, String)], limit: Duration) -> (Output, Duration) {
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-k", "5", &limit.as_secs().to_string()]);
+    if np > 0 {
+        cmd.args(["mpirun", "-np", &np.to_string(), "--oversubscribe", "-x", CHILD, "-x", "OMP_NUM_THREADS"]);
+        for (k, _) in env {
+            cmd.args(["-x", k]);
+        }
+    }
+    cmd.arg(&exe).args(["--exact", name, "--nocapture", "--test-threads=1"]);
+    cmd.env(CHILD, "1")
+        .env("OMP_NUM_THREADS", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let start = Instant::now();
+    let out = cmd.output().expect("running mpirun through timeout");
+    (out, start.elapsed())
+}
+
+fn text(out: &Output) -> String {
+    format!("--- stdout\n{}\n--- stderr\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn assert_ranks_ok(out: &Output, what: &str, np: usize) {
+    let all = text(out);
+    assert!(out.status.success(), "job failed ({:?}):\n{all}", out.status);
+    for rank in 0..np {
+        let line = format!("{what} ok on rank {rank} of {np}");
+        assert!(all.contains(&line), "missing `{line}`:\n{all}");
+    }
+}
+
+// ---------------------------------------------------------------- collectives
+
+fn collectives(world: &World) -> Result<()> {
+    let pg = ProcessGroup::new(world, &DistArgs::default(), Device::Cpu)?;
+    ensure!(pg.backend() == BackendKind::Mpi, "expected the MPI backend, got {:?}", pg.backend());
+    let (r, n) = (world.rank as f64, world.size as f64);
+    let shapes: [&[i64]; 7] = [&[], &[1], &[7], &[3, 5], &[4, 3, 2], &[64, 33], &[(1 << 20) + 3]];
+    for kind in [Kind::Float, Kind::Half, Kind::BFloat16, Kind::Double] {
+        for shape in shapes {
+            let numel: i64 = shape.iter().product();
+            // Small integers: every partial sum is exact in f16 and bf16.
+            let base = Tensor::arange(numel, (Kind::Double, Device::Cpu)).remainder(13).reshape(shape);
+            let mut t = (&base + r).to_kind(kind);
+            pg.all_reduce_sum(&mut t)?;
+            let expected = &base * n + n * (n - 1.0) / 2.0;
+            ensure!(t.to_kind(Kind::Double).equal(&expected), "all_reduce {kind:?} {shape:?} wrong");
+        }
+        // A non-contiguous tensor is reduced through a copy and written back.
+        let base = Tensor::arange(15, (Kind::Double, Device::Cpu)).reshape([3, 5]);
+        let mut t = (&base + r).to_kind(kind).transpose(0, 1);
+        ensure!(!t.is_contiguous(), "the transposed tensor should not be contiguous");
+        pg.all_reduce_sum(&mut t)?;
+        let expected = (&base * n + n * (n - 1.0) / 2.0).transpose(0, 1);
+        ensure!(t.to_kind(Kind::Double).equal(&expected), "all_reduce of a transposed {kind:?} tensor wrong");
+        for root in 0..world.size {
+            let mut t = Tensor::full([3, 4], r + 0.5, (kind, Device::Cpu));
+            pg.broadcast(&mut t, root)?;
+            ensure!(t.to_kind(Kind::Double).equal(&Tensor::full([3, 4], root as f64 + 0.5, (Kind::Double, Device::Cpu))), "broadcast {kind:?} from {root}");
+        }
+    }
+    let mut counts = Tensor::from_slice(&[world.rank as i64, 1]);
+    pg.all_reduce_sum(&mut counts)?;
+    ensure!(Vec::<i64>::try_from(&counts)? == vec![(n * (n - 1.0) / 2.0) as i64, world.size as i64], "i64 all_reduce");
+    let mut metrics = [r, 1.5, 1e15 + r, 0.1];
+    pg.all_reduce_f64(&mut metrics)?;
+    let expected = [n * (n - 1.0) / 2.0, 1.5 * n, 1e15 * n + n * (n - 1.0) / 2.0, 0.1 * n];
+    ensure!(metrics.iter().zip(expected).all(|(a, b)| (a - b).abs() <= 1e-9 * b.abs().max(1.0)), "metrics {metrics:?}");
+    let gathered = pg.all_gather_u64(&[world.rank as u64, 10 * world.rank as u64])?;
+    let expected: Vec<u64> = (0..world.size as u64).flat_map(|q| [q, 10 * q]).collect();
+    ensure!(gathered == expected, "all_gather {gathered:?}");
+    pg.barrier()?;
+    println!("collectives ok on rank {} of {}", world.rank, world.size);
+    Ok(())
+}
+
+#[test]
+fn collectives_on_two_ranks() {
+    if is_child() {
+        return rank_main(collectives);
+    }
+    let (out, _) = launch("collectives_on_two_ranks", 2, &[], Duration::from_secs(120));
+    assert_ranks_ok(&out, "collectives", 2);
+}
+
+#[test]
+fn collectives_on_three_ranks() {
+    if is_child() {
+        return rank_main(collectives);
+    }
+    let (out, _) = launch("collectives_on_three_ranks", 3, &[], Duration::from_secs(120));
+    assert_ranks_ok(&out, "collectives", 3);
+}
+
+// ------------------------------------------------------- a small test model
+
+/// Two linear layers, a bias `side` used only by flagged samples, a
+/// parameter `never` used by no sample and a frozen offset.
+struct Model {
+    l1: nn::Linear,
+    l2: nn::Linear,
+    side: Tensor,
+    frozen: Tensor,
+}
+
+const GLOBAL_BATCH: i64 = 12;
+/// Samples below this index use `side`; all of them fall in rank 0's share
+/// with 2 or 3 ranks.
+const SIDE_SAMPLES: i64 = 3;
+
+impl Model {
+    fn new(vs: &VarStore) -> Model {
+        let root = vs.root();
+        let _never = root.var("never", &[2, 2], nn::Init::Const(0.5));
+        Model {
+            l1: nn::linear(&root / "l1", 6, 8, Default::default()),
+            l2: nn::linear(&root / "l2", 8, 3, Default::default()),
+            side: root.var("side", &[3], nn::Init::Randn { mean: 0.0, stdev: 1.0 }),
+            frozen: root.var("frozen", &[3], nn::Init::Randn { mean: 0.0, stdev: 1.0 }).set_requires_grad(false),
+        }
+    }
+
+    /// Summed squared error of samples `range` of the global batch of `update`.
+    fn loss(&self, update: i64, range: std::ops::Range<i64>) -> Tensor {
+        let (x, y) = global_batch(update);
+        let n = range.end - range.start;
+        let x = x.narrow(0, range.start, n);
+        let y = y.narrow(0, range.start, n);
+        let flags = Tensor::arange_start(range.start, range.end, (Kind::Float, Device::Cpu)).lt(SIDE_SAMPLES as f64).unsqueeze(1);
+        let out = self.l2.forward(&self.l1.forward(&x).relu()) + &self.frozen;
+        let out = if range.start < SIDE_SAMPLES { out + flags.to_kind(Kind::Float) * &self.side } else { out };
+        (out - y).square().sum(Kind::Float)
+    }
+}
+
+/// The samples of an update: a function of the update number only.
+fn global_batch(update: i64) -> (Tensor, Tensor) {
+    let _guard = tch::no_grad_guard();
+    tch::manual_seed(1000 + update);
+    let x = Tensor::randn([GLOBAL_BATCH, 6], (Kind::Float, Device::Cpu));
+    let y = Tensor::randn([GLOBAL_BATCH, 3], (Kind::Float, Device::Cpu));
+    (x, y)
+}
+
+fn share(rank: usize, size: usize) -> std::ops::Range<i64> {
+    let per = GLOBAL_BATCH / size as i64;
+    rank as i64 * per..(rank as i64 + 1) * per
+}
+
+fn allclose(a: &Tensor, b: &Tensor, tol: f64) -> bool {
+    let diff = (a - b).abs().max().double_value(&[]);
+    let scale = b.abs().max().double_value(&[]).max(1.0);
+    diff <= tol * scale
+}
+
+/// Each rank also trains a copy of the model on the whole batch, single
+/// process, and compares: gradients after one synchronised backward,
+/// parameters after several Adam updates (Adam's `zero_grad` sets gradients
+/// to none, so every sync also re-attaches them to the buckets).
+fn grad_sync(world: &World) -> Result<()> {
+    let pg = ProcessGroup::new(world, &DistArgs::default(), Device::Cpu)?;
+    tch::manual_seed(100 + world.rank as i64);
+    let vs = VarStore::new(Device::Cpu);
+    let model = Model::new(&vs);
+    if world.size > 1 {
+        let err = check_consistency(&pg, trainable_named(&vs).iter().map(|(n, t)| (n.as_str(), t)))
+            .err()
+            .ok_or_else(|| anyhow!("differently initialised ranks passed the consistency check"))?;
+        ensure!(err.to_string().contains("parameters differ between ranks"), "unexpected message: {err}");
+    }
+    // A tiny bucket cap spreads the parameters over several buckets.
+    let mut sync = GradSync::from_var_store(&vs, 64)?;
+    ensure!(sync.num_buckets() > 2, "expected several buckets, got {}", sync.num_buckets());
+    let names: Vec<&str> = sync.named_parameters().map(|(n, _)| n).collect();
+    ensure!(!names.contains(&"frozen"), "a frozen parameter is in the gradient sync: {names:?}");
+    sync.broadcast_parameters(&pg)?;
+    broadcast_var_store(&pg, &vs)?;
+    let named = trainable_named(&vs);
+    check_consistency(&pg, named.iter().map(|(n, t)| (n.as_str(), t))).context("after the broadcast")?;
+
+    let mut ref_vs = VarStore::new(Device::Cpu);
+    let ref_model = Model::new(&ref_vs);
+    ref_vs.copy(&vs)?;
+    let ref_named = trainable_named(&ref_vs);
+    let sample_size = (GLOBAL_BATCH * 3) as f64;
+
+    ref_model.loss(0, 0..GLOBAL_BATCH).backward();
+    let mut local = [0.0f64];
+    let range = share(world.rank, world.size);
+    local[0] = (range.end - range.start) as f64 * 3.0;
+    model.loss(0, range).backward();
+    pg.all_reduce_f64(&mut local)?;
+    ensure!(local[0] == sample_size, "global sample size {}", local[0]);
+    sync.sync(&pg, local[0])?;
+    for ((name, p), (_, q)) in named.iter().zip(&ref_named) {
+        let (g, rg) = (p.grad(), q.grad());
+        if name == "never" {
+            ensure!(!g.defined() && !rg.defined(), "`never` should have no gradient");
+            continue;
+        }
+        ensure!(g.defined(), "`{name}` has no gradient after sync on rank {}", world.rank);
+        ensure!(allclose(&g, &(rg / sample_size), 1e-6), "gradient of `{name}` differs from the single-process one");
+    }
+    let normalise_reference = || {
+        for (_, q) in &ref_named {
+            let mut g = q.grad();
+            if g.defined() {
+                let _ = g.g_div_scalar_(sample_size);
+            }
+        }
+    };
+    normalise_reference();
+
+    let mut opt = nn::Adam::default().build(&vs, 1e-2)?;
+    let mut ref_opt = nn::Adam::default().build(&ref_vs, 1e-2)?;
+    opt.step();
+    ref_opt.step();
+    for update in 1..6 {
+        opt.zero_grad();
+        ref_opt.zero_grad();
+        model.loss(update, share(world.rank, world.size)).backward();
+        sync.sync(&pg, sample_size)?;
+        opt.step();
+        ref_model.loss(update, 0..GLOBAL_BATCH).backward();
+        normalise_reference();
+        ref_opt.step();
+        check_consistency(&pg, named.iter().map(|(n, t)| (n.as_str(), t))).with_context(|| format!("after update {update}"))?;
+    }
+    for ((name, p), (_, q)) in named.iter().zip(&ref_named) {
+        ensure!(allclose(p, q, 1e-5), "`{name}` after 6 updates differs from single-process training");
+    }
+
+    // A rank that diverges is caught, and every rank gets the same verdict.
+    if world.rank == world.size - 1 {
+        let l1 = vs.variables()["l1.weight"].shallow_clone();
+        tch::no_grad(|| {
+            let _ = l1.get(0).get(0).g_add_scalar_(1e-3);
+        });
+    }
+    match check_consistency(&pg, named.iter().map(|(n, t)| (n.as_str(), t))) {
+        Ok(()) if world.size > 1 => return Err(anyhow!("a perturbed parameter passed the consistency check")),
+        Ok(()) => {}
+        Err(err) => ensure!(err.to_string().contains("`l1.weight`"), "the message should name l1.weight: {err}"),
+    }
+    println!("grad sync ok on rank {} of {}", world.rank, world.size);
+    Ok(())
+}
+
+#[test]
+fn grad_sync_matches_single_process_on_two_ranks() {
+    if is_child() {
+        return rank_main(grad_sync);
+    }
+    let (out, _) = launch("grad_sync_matches_single_process_on_two_ranks", 2, &[], Duration::from_secs(120));
+    assert_ranks_ok(&out, "grad sync", 2);
+}
+
+#[test]
+fn grad_sync_matches_single_process_on_three_ranks() {
+    if is_child() {
+        return rank_main(grad_sync);
+    }
+    let (out, _) = launch("grad_sync_matches_single_process_on_three_ranks", 3, &[], Duration::from_secs(120));
+    assert_ranks_ok(&out, "grad sync", 3);
+}
+
+// ------------------------------------- ranks × update-freq invariance
+
+/// Trains 4 Adam updates with this world's size and `ELFIN_UPDATE_FREQ`
+/// micro-batches per rank; rank 0 saves the parameters to `ELFIN_OUT`.
+fn train_and_save(world: &World) -> Result<()> {
+    let update_freq = env_usize("ELFIN_UPDATE_FREQ") as i64;
+    let out = std::env::var("ELFIN_OUT")?;
+    let pg = ProcessGroup::new(world, &DistArgs::default(), Device::Cpu)?;
+    tch::manual_seed(7 + world.rank as i64);
+    let vs = VarStore::new(Device::Cpu);
+    let model = Model::new(&vs);
+    let mut sync = GradSync::from_var_store(&vs, 25_000_000)?;
+    sync.broadcast_parameters(&pg)?;
+    broadcast_var_store(&pg, &vs)?;
+    let mut opt = nn::Adam::default().build(&vs, 1e-2)?;
+    for update in 0..4 {
+        for p in trainable_named(&vs) {
+            p.1.shallow_clone().zero_grad();
+        }
+        let share = share(world.rank, world.size);
+        let micro = (share.end - share.start) / update_freq;
+        let mut sample_size = [0.0f64];
+        for m in 0..update_freq {
+            let start = share.start + m * micro;
+            model.loss(update, start..start + micro).backward();
+            sample_size[0] += (micro * 3) as f64;
+        }
+        pg.all_reduce_f64(&mut sample_size)?;
+        sync.sync(&pg, sample_size[0])?;
+        opt.step();
+    }
+    // Zeroed in place, the gradients stayed bucket views: only `never`
+    // (never used) has none.
+    let with_grad = trainable_named(&vs).iter().filter(|(_, t)| t.grad().defined()).count();
+    ensure!(with_grad == sync.named_parameters().count() - 1, "{with_grad} parameters have gradients");
+    ensure!(sync.grads_in_buckets() == with_grad, "only {} of {with_grad} gradients are bucket views", sync.grads_in_buckets());
+    if world.rank == 0 {
+        let named = trainable_named(&vs);
+        Tensor::save_multi(&named.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>(), &out)?;
+    }
+    println!("training ok on rank {} of {}", world.rank, world.size);
+    Ok(())
+}
+
+#[test]
+fn one_rank_two_micro_batches_equals_two_ranks() {
+    if is_child() {
+        return rank_main(train_and_save);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let single = dir.path().join("single.ot");
+    let double = dir.path().join("double.ot");
+    let env = |freq: &str, out: &Path| vec![("ELFIN_UPDATE_FREQ", freq.to_string()), ("ELFIN_OUT", out.display().to_string())];
+    // One process started without any launcher: world size 1.
+    let (out, _) = launch("one_rank_two_micro_batches_equals_two_ranks", 0, &env("2", &single), Duration::from_secs(120));
+    assert_ranks_ok(&out, "training", 1);
+    let (out, _) = launch("one_rank_two_micro_batches_equals_two_ranks", 2, &env("1", &double), Duration::from_secs(120));
+    assert_ranks_ok(&out, "training", 2);
+    let a = Tensor::load_multi(&single).unwrap();
+    let b = Tensor::load_multi(&double).unwrap();
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(allclose(ta, tb, 1e-5), "`{na}` differs between 1 rank × 2 micro-batches and 2 ranks × 1");
+    }
+}
+
+// ---------------------------------------------------------------- faults
+
+/// Rank 1 fails as `ELFIN_FAULT` says while rank 0 waits in a collective.
+fn faulty(world: &World) -> Result<()> {
+    let fault = std::env::var("ELFIN_FAULT")?;
+    let timeout = if fault == "stall" { 3.0 } else { 1800.0 };
+    let args = DistArgs { collective_timeout: timeout, ..DistArgs::default() };
+    let pg = ProcessGroup::new(world, &args, Device::Cpu)?;
+    pg.barrier()?;
+    if world.rank == 1 {
+        match fault.as_str() {
+            "panic" => panic!("deliberate panic on rank 1"),
+            "error" => return Err(anyhow!("deliberate error on rank 1")),
+            "kill" => {
+                // SAFETY: raising a signal on this process.
+                unsafe { libc::raise(libc::SIGKILL) };
+            }
+            "stall" => std::thread::sleep(Duration::from_secs(25)),
+            other => panic!("unknown fault {other}"),
+        }
+    }
+    let mut t = Tensor::ones([1000], (Kind::Float, Device::Cpu));
+    pg.all_reduce_sum(&mut t)?;
+    pg.barrier()?;
+    Ok(())
+}
+
+fn assert_job_fails_fast(test: &str, fault: &str, within: Duration, expected: &[&str]) {
+    let (out, elapsed) = launch(test, 2, &[("ELFIN_FAULT", fault.to_string())], Duration::from_secs(90));
+    let all = text(&out);
+    assert!(!out.status.success(), "the job should fail:\n{all}");
+    assert_ne!(out.status.code(), Some(124), "the job hung until killed by timeout:\n{all}");
+    assert!(elapsed < within, "the job took {elapsed:?} to end (limit {within:?}):\n{all}");
+    for e in expected {
+        assert!(all.contains(e), "missing `{e}` in the output:\n{all}");
+    }
+}
+
+#[test]
+fn a_panicking_rank_ends_the_job() {
+    if is_child() {
+        return rank_main(faulty);
+    }
+    assert_job_fails_fast(
+        "a_panicking_rank_ends_the_job",
+        "panic",
+        Duration::from_secs(30),
+        &["rank 1/2", "deliberate panic on rank 1", "aborting the whole job"],
+    );
+}
+
+#[test]
+fn a_rank_returning_an_error_ends_the_job() {
+    if is_child() {
+        return rank_main(faulty);
+    }
+    assert_job_fails_fast(
+        "a_rank_returning_an_error_ends_the_job",
+        "error",
+        Duration::from_secs(30),
+        &["rank 1/2", "deliberate error on rank 1"],
+    );
+}
+
+#[test]
+fn a_killed_rank_ends_the_job() {
+    if is_child() {
+        return rank_main(faulty);
+    }
+    assert_job_fails_fast("a_killed_rank_ends_the_job", "kill", Duration::from_secs(30), &[]);
+}
+
+#[test]
+fn a_stalled_collective_times_out_naming_it() {
+    if is_child() {
+        return rank_main(faulty);
+    }
+    // Rank 1 sleeps 25 s outside any collective; rank 0's all_reduce gives
+    // up after the 3 s timeout.
+    assert_job_fails_fast(
+        "a_stalled_collective_times_out_naming_it",
+        "stall",
+        Duration::from_secs(20),
+        &["rank 0/2", "collective `all_reduce` (1000 elements) did not complete within 3 s"],
+    );
+}
