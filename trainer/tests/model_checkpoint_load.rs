@@ -1,0 +1,168 @@
+//! Saving and strict loading of model weights under the reference's names,
+//! the loader's documented exceptions (spec §7.5), and `elfin-train forward`
+//! on the `ofa_tiny` oracle.
+
+use elfin_trainer::model::checkpoint_load::{read_layout, read_tensors, write_tensors};
+use elfin_trainer::model::{load_checkpoint, save_checkpoint, NetInput, OfaConfig, OfaModel};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::Command;
+use tch::{nn, Device, Kind, Tensor};
+
+fn model(seed: i64, vocab: i64) -> (nn::VarStore, OfaModel) {
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = OfaModel::new(&vs.root(), &OfaConfig::finetuning("ofa_micro").unwrap(), vocab);
+    (vs, m)
+}
+
+fn input() -> NetInput {
+    tch::manual_seed(3);
+    let src = Tensor::from_slice2(&[[0i64, 7, 8, 9, 2], [0, 10, 2, 1, 1]]);
+    NetInput {
+        src_lengths: Tensor::from_slice(&[5i64, 3]),
+        src_tokens: src,
+        patch_images: Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu)),
+        patch_masks: Tensor::from_slice(&[true, true]),
+        prev_output_tokens: Tensor::from_slice2(&[[0i64, 5, 6], [0, 11, 1]]),
+    }
+}
+
+/// A saved `ofa_micro` and its tensors, to damage.
+fn saved(dir: &Path, vocab: i64) -> BTreeMap<String, Tensor> {
+    let (vs, _) = model(1, vocab);
+    let path = dir.join("full.safetensors");
+    save_checkpoint(&vs, &path).unwrap();
+    read_tensors(&path).unwrap()
+}
+
+fn write(dir: &Path, tensors: &BTreeMap<String, Tensor>) -> std::path::PathBuf {
+    let path = dir.join("edited.safetensors");
+    write_tensors(&path, tensors.iter().map(|(k, v)| (k.as_str(), v)), HashMap::new()).unwrap();
+    path
+}
+
+fn load_error(path: &Path, vocab: i64) -> String {
+    let (mut vs, _) = model(2, vocab);
+    format!("{:#}", load_checkpoint(&mut vs, path).unwrap_err())
+}
+
+#[test]
+fn a_saved_model_loads_back_exactly_with_the_reference_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("micro.safetensors");
+    let (vs, a) = model(1, 300);
+    save_checkpoint(&vs, &path).unwrap();
+    let (mut vs2, b) = model(2, 300);
+    let before = tch::no_grad(|| b.forward_t(&input(), false));
+    load_checkpoint(&mut vs2, &path).unwrap();
+    let want = tch::no_grad(|| a.forward_t(&input(), false));
+    let got = tch::no_grad(|| b.forward_t(&input(), false));
+    assert!(!before.equal(&want), "two seeds gave the same model");
+    assert!(got.equal(&want), "the loaded model differs from the saved one");
+
+    let (shapes, metadata) = read_layout(&path).unwrap();
+    for tied in ["decoder.embed_tokens.weight", "decoder.output_projection.weight"] {
+        assert_eq!(shapes[tied], [300, 128], "{tied} is not listed as an alias");
+    }
+    assert!(metadata["aliases"].contains("\"decoder.output_projection.weight\":\"encoder.embed_tokens.weight\""));
+    assert!(shapes.contains_key("encoder.embed_images.layer1.0.downsample.1.num_batches_tracked"));
+}
+
+#[test]
+fn missing_and_unexpected_keys_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tensors = saved(dir.path(), 300);
+    let _ = tensors.remove("decoder.layers.1.fc1.bias").unwrap();
+    let _ = tensors.remove("encoder.pos_ln.weight").unwrap();
+    tensors.insert("encoder.layers.0.w_resid".into(), Tensor::ones([128], (Kind::Float, Device::Cpu)));
+    let err = load_error(&write(dir.path(), &tensors), 300);
+    assert!(err.contains("missing keys (2): decoder.layers.1.fc1.bias, encoder.pos_ln.weight"), "{err}");
+    assert!(err.contains("unexpected keys (1): encoder.layers.0.w_resid"), "{err}");
+}
+
+#[test]
+fn a_shape_mismatch_names_the_key_and_both_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tensors = saved(dir.path(), 300);
+    tensors.insert("encoder.layers.0.fc1.weight".into(), Tensor::zeros([256, 128], (Kind::Float, Device::Cpu)));
+    let err = load_error(&write(dir.path(), &tensors), 300);
+    assert!(err.contains("shape mismatch for encoder.layers.0.fc1.weight: checkpoint [256, 128], model [512, 128]"), "{err}");
+}
+
+#[test]
+fn the_reference_buffers_and_optional_keys_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tensors = saved(dir.path(), 300);
+    let one = Tensor::from_slice(&[3.0f32]);
+    tensors.insert("encoder.version".into(), one.shallow_clone());
+    tensors.insert("decoder.version".into(), one);
+    tensors.insert("decoder.image_position_idx".into(), Tensor::zeros([1026], (Kind::Int64, Device::Cpu)));
+    let buffers = read_tensors(Path::new("/work/shared/oracles/model-ofa-tiny/buffers.safetensors")).unwrap();
+    tensors.insert("encoder.token_rp_bucket".into(), buffers["encoder.token_rp_bucket"].shallow_clone());
+    tensors.insert("decoder.image_rp_bucket".into(), buffers["encoder.image_rp_bucket"].shallow_clone());
+    tensors.retain(|k, _| !k.ends_with("num_batches_tracked"));
+    let (mut vs, _) = model(2, 300);
+    load_checkpoint(&mut vs, &write(dir.path(), &tensors)).unwrap();
+
+    // A bucket table that is not ours is refused.
+    let bad = buffers["encoder.token_rp_bucket"].to_kind(Kind::Int64) + 1;
+    tensors.insert("encoder.token_rp_bucket".into(), bad);
+    let err = load_error(&write(dir.path(), &tensors), 300);
+    assert!(err.contains("encoder.token_rp_bucket differs from the table this model computes"), "{err}");
+}
+
+#[test]
+fn tied_names_with_different_values_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tensors = saved(dir.path(), 300);
+    let other = &tensors["encoder.embed_tokens.weight"] + 1.0;
+    tensors.insert("decoder.output_projection.weight".into(), other);
+    let err = load_error(&write(dir.path(), &tensors), 300);
+    assert!(err.contains("decoder.output_projection.weight differs from encoder.embed_tokens.weight"), "{err}");
+}
+
+#[test]
+fn a_smaller_vocabulary_grows_and_a_larger_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = saved(dir.path(), 250);
+    let path = write(dir.path(), &tensors);
+    let (mut vs, _) = model(2, 300);
+    load_checkpoint(&mut vs, &path).unwrap();
+    let emb = vs.variables()["encoder.embed_tokens.weight"].shallow_clone();
+    assert!(emb.narrow(0, 0, 250).equal(&tensors["encoder.embed_tokens.weight"]));
+    // New rows are N(0, C^-1/2), as the reference appends them.
+    let std = emb.narrow(0, 250, 50).std(true).double_value(&[]);
+    assert!((std - 128f64.powf(-0.5)).abs() < 0.01, "new rows have std {std}");
+
+    let err = load_error(&path, 200);
+    assert!(err.contains("shape mismatch for encoder.embed_tokens.weight: checkpoint [250, 128], model [200, 128]"), "{err}");
+}
+
+#[test]
+fn forward_command_reproduces_the_oracle() {
+    let oracle = Path::new("/work/shared/oracles/model-ofa-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let f = read_tensors(&oracle.join("forward.safetensors")).unwrap();
+    let inputs = dir.path().join("inputs.safetensors");
+    let names = ["src_tokens", "src_lengths", "patch_images", "patch_masks", "prev_output_tokens"];
+    let keyed: Vec<(String, &Tensor)> = names.iter().map(|n| (n.to_string(), &f[&format!("input.{n}")])).collect();
+    write_tensors(&inputs, keyed.iter().map(|(k, v)| (k.as_str(), *v)), HashMap::new()).unwrap();
+    let out = dir.path().join("out.safetensors");
+    let status = Command::new(env!("CARGO_BIN_EXE_elfin-train"))
+        .args(["forward", "--arch", "ofa_tiny", "--disable-entangle", "--checkpoint"])
+        .arg(oracle.join("state_dict.safetensors"))
+        .arg("--inputs")
+        .arg(&inputs)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let got = read_tensors(&out).unwrap();
+    let d = (&got["logits"] - &f["output.logits"]).abs().max().double_value(&[]);
+    assert!(d < 1e-4, "logits differ by {d}");
+    let want_enc = f["output.encoder_out"].transpose(0, 1);
+    let d = (&got["encoder_out"] - want_enc).abs().max().double_value(&[]);
+    assert!(d < 1e-4, "encoder_out differs by {d}");
+}
