@@ -2,10 +2,13 @@
 //! reference's layout (a `torch.save`d dict with `model`, `args`/`cfg`), with
 //! the `ofa_tiny` state-dict names and shapes of the oracle.
 
+use elfin_trainer::model::checkpoint_load::{load_checkpoint, read_tensors};
+use elfin_trainer::model::{OfaConfig, OfaModel};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use tch::Tensor;
+use std::sync::OnceLock;
+use tch::{nn, Device, Tensor};
 
 const PYTHON: &str = "/opt/elfin/venv/bin/python";
 const ORACLE: &str = "/work/shared/oracles/model-ofa-tiny";
@@ -125,17 +128,36 @@ fn reference_keys() -> Vec<(String, Vec<i64>, Option<String>)> {
         .collect()
 }
 
+/// The `full` checkpoint converted to `tiny.safetensors`, made once for the
+/// tests that read it.
+fn converted_tiny() -> &'static Path {
+    static CONVERTED: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = CONVERTED.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = make_checkpoint(dir.path(), "full");
+        let output = dir.path().join("tiny.safetensors");
+        let out = convert(&[ckpt.as_os_str(), "-o".as_ref(), output.as_os_str()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        dir
+    });
+    dir.path()
+}
+
+/// `ofa_tiny` as the oracle's reference built it: finetuning flags, V = 9697.
+fn tiny_model() -> (nn::VarStore, OfaModel) {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = OfaModel::new(&vs.root(), &OfaConfig::finetuning("ofa_tiny").unwrap(), 9697);
+    (vs, model)
+}
+
 #[test]
 fn converts_every_tensor_and_the_training_arguments() {
-    let dir = tempfile::tempdir().unwrap();
-    let ckpt = make_checkpoint(dir.path(), "full");
-    let output = dir.path().join("tiny.safetensors");
-    let out = convert(&[ckpt.as_os_str(), "-o".as_ref(), output.as_os_str()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = converted_tiny();
+    let output = dir.join("tiny.safetensors");
 
     let got: BTreeMap<String, Tensor> = Tensor::read_safetensors(&output).unwrap().into_iter().collect();
     let want: BTreeMap<String, Tensor> =
-        Tensor::read_safetensors(dir.path().join("expected.safetensors")).unwrap().into_iter().collect();
+        Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
     let meta = header_metadata(&output);
     let aliases: BTreeMap<String, String> = serde_json::from_str(&meta["aliases"]).unwrap();
 
@@ -158,9 +180,63 @@ fn converts_every_tensor_and_the_training_arguments() {
     let args: serde_json::Value = serde_json::from_str(&meta["args"]).unwrap();
     assert_eq!(args, oracle_args());
     assert_eq!(meta["arch"], "ofa_tiny");
-    let sidecar = dir.path().join("tiny.args.json");
+    let sidecar = dir.join("tiny.args.json");
     let from_sidecar: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(sidecar).unwrap()).unwrap();
     assert_eq!(from_sidecar, args);
+}
+
+#[test]
+fn the_converted_checkpoint_loads_strictly_into_ofa_tiny() {
+    let converted = converted_tiny().join("tiny.safetensors");
+    let (mut vs, _model) = tiny_model();
+    load_checkpoint(&mut vs, &converted).unwrap();
+    let want = read_tensors(&converted).unwrap();
+    for (name, var) in vs.variables() {
+        assert!(var.equal(&want[&name].to_kind(var.kind())), "{name} not loaded");
+    }
+
+    let bin = env!("CARGO_BIN_EXE_elfin-train");
+    let out = Command::new(bin)
+        .args(["model", "--arch", "ofa_tiny", "--json", "--checkpoint"])
+        .arg(&converted)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["vocab_size"], 9697, "the vocabulary comes from the checkpoint");
+    assert_eq!(report["total"], 20_749_776);
+
+    let out = Command::new(bin).args(["model", "--arch", "ofa_base", "--checkpoint"]).arg(&converted).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("holds an ofa_tiny model, but --arch is ofa_base"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_checkpoint_that_does_not_fit_is_refused_with_the_names() {
+    let converted = converted_tiny().join("tiny.safetensors");
+    let mut tensors = read_tensors(&converted).unwrap();
+    tensors.remove("encoder.layers.0.attn_ln.weight").unwrap();
+    tensors.remove("decoder.layers.3.encoder_attn.c_attn").unwrap();
+    let extra = tensors.insert("encoder.adapter_head.weight".into(), Tensor::zeros([4], (tch::Kind::Float, Device::Cpu)));
+    assert!(extra.is_none());
+    let replaced = tensors.insert("decoder.layers.1.fc1.bias".into(), Tensor::zeros([1023], (tch::Kind::Float, Device::Cpu)));
+    assert!(replaced.is_some());
+    let broken = tempfile::tempdir().unwrap();
+    let path = broken.path().join("broken.safetensors");
+    let entries: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    Tensor::write_safetensors(&entries, &path).unwrap();
+
+    let (mut vs, _model) = tiny_model();
+    let before = vs.variables()["encoder.layers.0.fc1.weight"].copy();
+    let message = format!("{:#}", load_checkpoint(&mut vs, &path).unwrap_err());
+    for expected in [
+        "missing keys (2): decoder.layers.3.encoder_attn.c_attn, encoder.layers.0.attn_ln.weight",
+        "unexpected keys (1): encoder.adapter_head.weight",
+        "shape mismatch for decoder.layers.1.fc1.bias: checkpoint [1023], model [1024]",
+    ] {
+        assert!(message.contains(expected), "expected {expected:?} in:\n{message}");
+    }
+    assert!(vs.variables()["encoder.layers.0.fc1.weight"].equal(&before), "nothing loaded from a refused file");
 }
 
 #[test]
