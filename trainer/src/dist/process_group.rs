@@ -143,7 +143,7 @@ impl ProcessGroup {
     /// Copies `t` from rank `root` to every rank, in place (any dtype).
     pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
         let count = t.numel();
-        if count == 0 || self.size == 1 {
+        if count == 0 {
             return Ok(());
         }
         let nbytes = count * t.kind().elt_size_in_bytes();
