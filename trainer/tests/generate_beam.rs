@@ -93,10 +93,13 @@ fn config(beam: usize, max_len_b: i64, min_len: i64, ngram: usize) -> BeamSearch
         min_len,
         no_repeat_ngram_size: ngram,
         lenpen: 1.0,
+        temperature: 1.0,
+        unk_penalty: 0.0,
         constraint_range: None,
         bos: BOS,
         pad: PAD,
         eos: EOS,
+        unk: 3,
     }
 }
 

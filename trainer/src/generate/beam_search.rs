@@ -22,12 +22,17 @@ pub struct BeamSearchConfig {
     pub min_len: i64,
     pub no_repeat_ngram_size: usize,
     pub lenpen: f64,
+    /// Logits are divided by it before the log-softmax.
+    pub temperature: f64,
+    /// Subtracted from the unknown token's log-probability.
+    pub unk_penalty: f64,
     /// Allowed ids besides 0..4, as a half-open range (the reference's
     /// `--constraint-range`, applied to logits before the log-softmax).
     pub constraint_range: Option<(i64, i64)>,
     pub bos: i64,
     pub pad: i64,
     pub eos: i64,
+    pub unk: i64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -69,7 +74,7 @@ pub fn beam_search(
 
     for step in 0..=max_len {
         let tokens = Tensor::from_slice2(&hyps);
-        let mut logits = model.next_logits(&tokens)?.to_kind(Kind::Float).to_device(tch::Device::Cpu);
+        let mut logits = model.next_logits(&tokens)?.to_kind(Kind::Float).to_device(tch::Device::Cpu) / cfg.temperature;
         if let Some(allowed) = &allowed {
             logits = logits.masked_fill(&allowed.logical_not().unsqueeze(0), f64::NEG_INFINITY);
         }
@@ -85,6 +90,7 @@ pub fn beam_search(
                 row_lp[cfg.eos as usize] = f32::NEG_INFINITY;
             }
             row_lp[cfg.pad as usize] = f32::NEG_INFINITY;
+            row_lp[cfg.unk as usize] -= cfg.unk_penalty as f32;
             if step >= max_len {
                 let eos_lp = row_lp[cfg.eos as usize];
                 row_lp.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
