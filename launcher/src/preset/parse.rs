@@ -290,8 +290,7 @@ impl<'t> Lexer<'t> {
         if w.assign.is_some() && self.peek() == Some('~') {
             return Err(self.error(self.line, "`~` is not expanded by elfin; write $HOME".into()));
         }
-        loop {
-            let Some(c) = self.peek() else { break };
+        while let Some(c) = self.peek() {
             match c {
                 ' ' | '\t' | '\r' | '\n' => break,
                 '\'' => {

@@ -1,0 +1,306 @@
+//! `elfin` end to end: listing and showing presets, dry-run plans (GPUs,
+//! hostfile, CPU, inside an MPI job), and real mpirun jobs of a fake trainer
+//! (success with per-rank logs, a failing rank, Ctrl-C).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Stands in for `elfin-train`: `synth` makes the demo data; `train` prints
+/// what it got, fails on rank $FAIL_RANK, records its pid and sleeps $SLEEP.
+const FAKE_TRAINER: &str = r#"#!/bin/sh
+if [ "$1" = synth ]; then mkdir -p "$5/bpe"; : > "$5/train.tsv"; : > "$5/val.tsv"; echo "synth made $5"; exit 0; fi
+echo "rank=$OMPI_COMM_WORLD_RANK pid=$$ port=$MASTER_PORT threads=$OMP_NUM_THREADS args=$*"
+echo "stderr of rank $OMPI_COMM_WORLD_RANK" >&2
+if [ "$OMPI_COMM_WORLD_RANK" = "$FAIL_RANK" ]; then exit 3; fi
+if [ -n "$PID_DIR" ]; then echo $$ > "$PID_DIR/rank-$OMPI_COMM_WORLD_RANK.pid"; fi
+exec sleep "${SLEEP:-0}"
+"#;
+
+/// `nvidia-smi -L` for a node with $FAKE_GPUS GPUs (none: it fails).
+const FAKE_NVIDIA_SMI: &str = r#"#!/bin/sh
+n=${FAKE_GPUS:-0}
+[ "$n" -gt 0 ] || exit 9
+i=0; while [ $i -lt $n ]; do echo "GPU $i: Fake (UUID: GPU-$i)"; i=$((i+1)); done
+"#;
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+fn write_exe(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        write_exe(&dir.path().join("bin/nvidia-smi"), FAKE_NVIDIA_SMI);
+        write_exe(&dir.path().join("fake-train"), FAKE_TRAINER);
+        Sandbox { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `elfin` in the sandbox, with none of the caller's MPI, GPU or elfin settings.
+    fn elfin(&self, gpus: usize) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_elfin"));
+        for (key, _) in std::env::vars() {
+            let ours = ["OMPI_", "PMI", "SLURM_", "ELFIN_", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS"];
+            if ours.iter().any(|p| key.starts_with(p)) {
+                cmd.env_remove(key);
+            }
+        }
+        let path = format!("{}:{}", self.path("bin").display(), std::env::var("PATH").unwrap_or_default());
+        cmd.current_dir(self.dir.path())
+            .env("PATH", path)
+            .env("FAKE_GPUS", gpus.to_string())
+            .env("ELFIN_TRAIN_BIN", self.path("fake-train"))
+            .env("ELFIN_DATA_ROOT", self.path("data"));
+        cmd
+    }
+}
+
+fn run(cmd: &mut Command) -> (Output, String, String) {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    (out, stdout, stderr)
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let (out, stdout, stderr) = run(cmd);
+    assert!(out.status.success(), "{cmd:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout
+}
+
+fn line<'a>(stdout: &'a str, prefix: &str) -> &'a str {
+    stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no `{prefix}` line in:\n{stdout}"))
+}
+
+#[test]
+fn presets_lists_builtin_and_own_presets_and_show_prints_variables_then_the_command() {
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.path("mine")).unwrap();
+    std::fs::write(sb.path("mine/tiny_caption.sh"), "# my own: the demo with more updates\nsource demo_caption_el.sh\nmax_update=300\n").unwrap();
+    let listing = ok(sb.elfin(0).args(["presets", "--preset-dir", "mine"]));
+    for (name, task) in [
+        ("caption_stage1_el", "caption"),
+        ("caption_stage1_el_db", "caption"),
+        ("refcoco_el", "refcoco"),
+        ("refcocoplus_el", "refcoco"),
+        ("refcocog_el", "refcoco"),
+        ("demo_caption_el", "caption"),
+        ("demo_refcoco_el", "refcoco"),
+        ("tiny_caption", "caption"),
+    ] {
+        let row = line(&listing, &format!("{name} "));
+        assert_eq!(row.split_whitespace().nth(1), Some(task), "{row}");
+    }
+    assert!(line(&listing, "tiny_caption ").contains("my own") && line(&listing, "tiny_caption ").contains("mine/tiny_caption.sh"));
+    assert!(!listing.contains("_ofa_el_common"), "pieces for `source` are not presets");
+
+    // ELFIN_PRESET_PATH finds it too; show prints NAME=value lines, then the command.
+    let shown = ok(sb.elfin(0).env("ELFIN_PRESET_PATH", sb.path("mine")).args(["presets", "show", "tiny_caption", "--set", "lr=2e-4"]));
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines[0], format!("DATA_ROOT={}", sb.path("data").display()));
+    assert!(lines.contains(&"max_update=300") && lines.contains(&"lr=2e-4") && lines.contains(&"arch=ofa_micro"));
+    assert!(lines.contains(&r#"eval_args={"beam":5,"max_len_b":16,"no_repeat_ngram_size":3}"#), "values unquoted");
+    let command = lines.last().unwrap();
+    assert!(command.starts_with(&format!("{} train ", sb.path("fake-train").display())), "{command}");
+    for arg in ["--lr=2e-4", "--max-update=300", "--arch=ofa_micro", "--device=cpu", r#"'--eval-args={"beam":5,"#] {
+        assert!(command.contains(arg), "{arg} in {command}");
+    }
+    assert!(lines[..lines.len() - 1].iter().all(|l| l.contains('=')));
+
+    let (out, _, stderr) = run(sb.elfin(0).args(["presets", "show", "refcoco_el", "--set", "lr_peak=1"]));
+    assert!(!out.status.success() && stderr.contains("lr_peak") && stderr.contains("max_update"), "{stderr}");
+    let (out, _, stderr) = run(sb.elfin(0).args(["presets", "show", "no_such_preset"]));
+    assert!(!out.status.success() && stderr.contains("known presets: caption_stage1_el"), "{stderr}");
+}
+
+#[test]
+fn a_preset_that_runs_commands_is_refused_with_file_and_line() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.path("evil.sh"), "# looks harmless\nlr=1\ntouch pwned\n").unwrap();
+    let (out, _, stderr) = run(sb.elfin(0).args(["launch", "--preset", "./evil.sh", "--dry-run"]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("./evil.sh:3: `touch` is a command") && stderr.contains("never runs them"), "{stderr}");
+    assert!(!sb.path("pwned").exists());
+}
+
+#[test]
+fn dry_run_on_one_node_with_four_gpus() {
+    let sb = Sandbox::new();
+    let stdout = ok(sb.elfin(4).args(["launch", "--preset", "caption_stage1_el", "--dry-run", "--log-dir", "L"]));
+    assert_eq!(line(&stdout, "device:"), "device:  4 GPU(s) per node, from CUDA_VISIBLE_DEVICES=0,1,2,3");
+    assert!(line(&stdout, "ranks:").starts_with("ranks:   4 in all, up to 4 per node"));
+    let command = line(&stdout, "command:");
+    for part in [
+        "MASTER_PORT=1051 CUDA_VISIBLE_DEVICES=0,1,2,3 OMP_NUM_THREADS=",
+        " mpirun ",
+        " -np 4 ",
+        " --map-by slot --bind-to none ",
+        " -x MASTER_PORT -x CUDA_VISIBLE_DEVICES -x OMP_NUM_THREADS ",
+        &format!(" rank --log-dir {} -- {} train ", sb.path("L").display(), sb.path("fake-train").display()),
+        " --data=",
+        "/caption_data/caption_stage1_train.tsv,",
+        " --device=cuda",
+    ] {
+        assert!(command.contains(part), "`{part}` in {command}");
+    }
+    assert!(!command.contains("--host"));
+    assert!(!sb.path("L").exists(), "a dry run makes nothing");
+
+    // Without CUDA_VISIBLE_DEVICES the GPUs nvidia-smi lists count.
+    std::fs::write(sb.path("plain.sh"), "# no GPUs named\ntask=caption\n").unwrap();
+    let stdout = ok(sb.elfin(4).args(["launch", "--preset", "plain.sh", "--dry-run"]));
+    assert_eq!(line(&stdout, "device:"), "device:  4 GPU(s) per node, from nvidia-smi -L");
+    assert!(line(&stdout, "command:").contains(" -np 4 "));
+    let stdout = ok(sb.elfin(4).args(["launch", "--preset", "plain.sh", "--dry-run", "--nproc-per-node", "2"]));
+    assert!(line(&stdout, "command:").contains(" -np 2 "));
+
+    // The reference's GPUs 4-7 do not exist on a 4-GPU node: say what to do.
+    let (out, _, stderr) = run(sb.elfin(4).args(["launch", "--preset", "refcocog_el", "--dry-run"]));
+    assert!(!out.status.success() && stderr.contains("--set CUDA_VISIBLE_DEVICES="), "{stderr}");
+    let stdout = ok(sb.elfin(4).args(["launch", "--preset", "refcocog_el", "--dry-run", "--set", "CUDA_VISIBLE_DEVICES=0,1"]));
+    assert!(line(&stdout, "command:").contains(" -np 2 "));
+}
+
+#[test]
+fn dry_run_on_two_nodes_from_a_hostfile() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.path("hosts"), "# two GPU nodes\nnode-a slots=4\nnode-b slots=4 max_slots=8\n").unwrap();
+    let stdout = ok(sb.elfin(0).args(["launch", "--preset", "refcoco_el", "--hostfile", "hosts", "--dry-run"]));
+    assert_eq!(line(&stdout, "nodes:"), "nodes:   2 from hosts: node-a (4 ranks), node-b (4 ranks)");
+    assert!(line(&stdout, "ranks:").starts_with("ranks:   8 in all, up to 4 per node"));
+    let command = line(&stdout, "command:");
+    for part in [" -np 8 --host node-a:4,node-b:4 ", " -x PATH ", "--device=cuda", "--eval-acc", "MASTER_PORT=6051"] {
+        assert!(command.contains(part), "`{part}` in {command}");
+    }
+    let stdout = ok(sb.elfin(0).args(["launch", "--preset", "refcoco_el", "--hostfile", "hosts", "--nproc-per-node", "2", "--dry-run"]));
+    assert!(line(&stdout, "command:").contains(" -np 4 --host node-a:2,node-b:2 "));
+}
+
+#[test]
+fn dry_run_on_the_cpu() {
+    let sb = Sandbox::new();
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let stdout = ok(sb.elfin(8).args(["launch", "--preset", "caption_stage1_el", "--cpu", "--nproc-per-node", "1", "--dry-run"]));
+    assert_eq!(line(&stdout, "device:"), "device:  CPU (--cpu)");
+    let command = line(&stdout, "command:");
+    assert!(command.contains(&format!("OMP_NUM_THREADS={cpus} ")) && command.contains(&format!("--map-by slot:PE={cpus} --bind-to hwthread")), "{command}");
+    assert!(command.ends_with("--device=cpu") && !command.contains("--oversubscribe"), "{command}");
+
+    // The demo hides the GPUs itself; more ranks than CPUs oversubscribe.
+    let many = (cpus + 1).to_string();
+    let stdout = ok(sb.elfin(8).args(["launch", "--preset", "demo_refcoco_el", "--nproc-per-node", &many, "--dry-run"]));
+    assert_eq!(line(&stdout, "device:"), "device:  CPU (no GPU visible)");
+    let command = line(&stdout, "command:");
+    assert!(command.contains(" --bind-to none --oversubscribe ") && command.contains("OMP_NUM_THREADS=1 "), "{command}");
+    let synth = line(&stdout, "first:");
+    assert_eq!(synth, format!("first:   {} synth --task refcoco --out {}", sb.path("fake-train").display(), sb.path("data/synth/refcoco").display()));
+}
+
+#[test]
+fn inside_an_mpi_job_launch_becomes_the_trainer() {
+    let sb = Sandbox::new();
+    let stdout = ok(sb.elfin(0).env("OMPI_COMM_WORLD_RANK", "1").args(["launch", "--preset", "refcoco_el", "--cpu", "--dry-run"]));
+    assert!(line(&stdout, "mpi:").contains("OMPI_COMM_WORLD_RANK=1"));
+    let exec = line(&stdout, "exec:");
+    assert!(exec.starts_with(&format!("exec:    MASTER_PORT=6051 CUDA_VISIBLE_DEVICES=0,1,2,3 {} train ", sb.path("fake-train").display())), "{exec}");
+    assert!(exec.ends_with("--device=cpu") && !stdout.contains("mpirun"), "{stdout}");
+
+    // For real: the same process (same pid) turns into the trainer, with the preset's exports.
+    for (var, extra) in [("PMI_RANK", None), ("SLURM_PROCID", Some(("SLURM_STEP_ID", "0")))] {
+        let mut cmd = sb.elfin(0);
+        cmd.env(var, "0").args(["launch", "--preset", "refcoco_el", "--set", "max_update=7"]).stdout(Stdio::piped()).stderr(Stdio::null());
+        if let Some((k, v)) = extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let trainer = line(&stdout, "rank=");
+        assert!(trainer.contains(&format!("pid={pid} port=6051 ")), "{var}: {trainer}");
+        assert!(trainer.contains("--max-update=7") && trainer.contains("--device=cuda"), "{trainer}");
+    }
+}
+
+/// Waits for `path` to exist (the fake trainer writes it once it runs).
+fn wait_for(path: &Path, limit: Duration) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed() < limit, "{} did not appear", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn two_cpu_ranks_run_with_one_log_each_and_rank_0_on_the_console() {
+    let sb = Sandbox::new();
+    let (out, stdout, stderr) = run(sb.elfin(0).args(["launch", "--preset", "demo_caption_el", "--nproc-per-node", "2", "--log-dir", "logs"]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(sb.path("data/synth/caption/train.tsv").exists() && stdout.contains("synth made"), "the demo makes its data first");
+    assert!(stdout.contains("rank=0 ") && !stdout.contains("rank=1 "), "{stdout}");
+    assert!(stderr.contains("stderr of rank 0") && !stderr.contains("stderr of rank 1"), "{stderr}");
+    assert!(stderr.contains("all 2 ranks finished"), "{stderr}");
+    for rank in 0..2 {
+        let log = std::fs::read_to_string(sb.path(&format!("logs/rank-{rank}.log"))).unwrap();
+        assert!(log.contains(&format!("rank={rank} ")) && log.contains(&format!("stderr of rank {rank}")), "{log}");
+        assert!(log.contains("port=1051 threads=") && log.contains("--arch=ofa_micro"), "{log}");
+    }
+}
+
+#[test]
+fn a_failing_rank_gives_its_exit_code_and_names_its_log() {
+    let sb = Sandbox::new();
+    let (out, stdout, stderr) = run(sb
+        .elfin(0)
+        .env("FAIL_RANK", "1")
+        .env("SLEEP", "30")
+        .args(["launch", "--preset", "demo_caption_el", "--nproc-per-node", "2", "--log-dir", "logs"]));
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    let log = sb.path("logs/rank-1.log");
+    assert!(stderr.contains(&format!("rank 1 failed with exit code 3; its log: {}", log.display())), "{stderr}");
+    assert!(std::fs::read_to_string(log).unwrap().contains("stderr of rank 1"));
+}
+
+#[test]
+fn ctrl_c_stops_every_rank() {
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.path("pids")).unwrap();
+    let mut launcher = sb
+        .elfin(0)
+        .env("PID_DIR", sb.path("pids"))
+        .env("SLEEP", "120")
+        .args(["launch", "--preset", "demo_caption_el", "--nproc-per-node", "2", "--log-dir", "logs"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid_files = [sb.path("pids/rank-0.pid"), sb.path("pids/rank-1.pid")];
+    for f in &pid_files {
+        wait_for(f, Duration::from_secs(30));
+    }
+    let pids: Vec<i32> = pid_files.iter().map(|f| std::fs::read_to_string(f).unwrap().trim().parse().unwrap()).collect();
+    // SAFETY: signals a process this test started.
+    unsafe { libc::kill(launcher.id() as i32, libc::SIGINT) };
+    let sent = Instant::now();
+    let alive = |pid: i32| unsafe { libc::kill(pid, 0) } == 0;
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(sent.elapsed() < Duration::from_secs(10), "ranks still running 10 s after SIGINT");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = launcher.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(launcher.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
+}
