@@ -3,15 +3,17 @@
 //! flat buffer of the same size and against one all-reduce per tensor, in the
 //! same run.
 //!
-//!     cargo bench -p elfin-trainer --bench allreduce [-- --shapes FILE --iters N --bucket-cap-mb MB]
+//!     cargo bench -p elfin-trainer --bench allreduce [-- --shapes FILE --iters N --bucket-cap-mb MB --nccl]
 //!
 //! Started without a launcher it re-runs itself under `mpirun -np 2`.
+//! `--nccl` (or `ELFIN_BENCH_DEVICE=cuda`) puts the gradients on each rank's
+//! GPU and uses NCCL; otherwise they are on the CPU and use MPI.
 //! FILE lists `name<TAB>shape<TAB>dtype<TAB>file` per tensor (the oracle's
 //! `state_dict_keys.txt`); the float32 parameters are used, without BatchNorm
 //! running statistics and aliases (a tied weight is one parameter).
 
 use anyhow::{bail, Context, Result};
-use elfin_trainer::dist::{DistArgs, GradSync, ProcessGroup, World};
+use elfin_trainer::dist::{DdpBackend, DistArgs, GradSync, ProcessGroup, World};
 use mpi::collective::SystemOperation;
 use mpi::traits::*;
 use std::process::Command;
@@ -24,10 +26,12 @@ struct Options {
     shapes: String,
     iters: usize,
     bucket_cap_mb: f64,
+    nccl: bool,
 }
 
 fn options() -> Result<Options> {
-    let mut o = Options { shapes: DEFAULT_SHAPES.into(), iters: 10, bucket_cap_mb: 25.0 };
+    let nccl = std::env::var("ELFIN_BENCH_DEVICE").is_ok_and(|d| d == "cuda");
+    let mut o = Options { shapes: DEFAULT_SHAPES.into(), iters: 10, bucket_cap_mb: 25.0, nccl };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
@@ -35,8 +39,9 @@ fn options() -> Result<Options> {
             "--shapes" => o.shapes = value()?,
             "--iters" => o.iters = value()?.parse()?,
             "--bucket-cap-mb" => o.bucket_cap_mb = value()?.parse()?,
+            "--nccl" => o.nccl = true,
             "--bench" => {}
-            other => bail!("unknown argument {other}; expected --shapes FILE, --iters N, --bucket-cap-mb MB"),
+            other => bail!("unknown argument {other}; expected --shapes FILE, --iters N, --bucket-cap-mb MB, --nccl"),
         }
     }
     Ok(o)
@@ -78,22 +83,41 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn bench(world: &World) -> Result<()> {
     let o = options()?;
-    let pg = ProcessGroup::new(world, &DistArgs::default(), Device::Cpu)?;
+    let (device, backend) = if o.nccl {
+        (Device::Cuda(world.local_gpu().context("--nccl needs a usable CUDA device")?), DdpBackend::Nccl)
+    } else {
+        (Device::Cpu, DdpBackend::Mpi)
+    };
+    let pg = ProcessGroup::new(world, &DistArgs { ddp_backend: backend, ..DistArgs::default() }, device)?;
     let shapes = parameter_shapes(&o.shapes)?;
     let params: Vec<(String, Tensor)> =
-        shapes.iter().map(|(n, s)| (n.clone(), Tensor::zeros(s.as_slice(), (Kind::Float, Device::Cpu)).set_requires_grad(true))).collect();
+        shapes.iter().map(|(n, s)| (n.clone(), Tensor::zeros(s.as_slice(), (Kind::Float, device)).set_requires_grad(true))).collect();
     // One backward gives every parameter a gradient of ones.
     params.iter().map(|(_, p)| p.sum(Kind::Float)).reduce(|a, b| a + b).context("no parameters")?.backward();
     let numel: i64 = params.iter().map(|(_, p)| p.numel() as i64).sum();
-    let flat_send = vec![1.0f32; numel as usize];
-    let mut flat_recv = vec![0.0f32; numel as usize];
+    // The baseline: one call on one flat buffer (straight through rsmpi on
+    // the CPU; one NCCL call on the GPU).
+    let flat_send = vec![1.0f32; if o.nccl { 0 } else { numel as usize }];
+    let mut flat_recv = flat_send.clone();
+    let mut flat_gpu = Tensor::ones([if o.nccl { numel } else { 0 }], (Kind::Float, device));
     let mpi_world = mpi::topology::SimpleCommunicator::world();
+    let mut flat_all_reduce = || -> Result<()> {
+        if o.nccl {
+            pg.all_reduce_sum(&mut flat_gpu)?;
+            let _ = flat_gpu.fill_(1.0);
+            pg.wait()
+        } else {
+            mpi_world.all_reduce_into(&flat_send[..], &mut flat_recv[..], SystemOperation::sum());
+            Ok(())
+        }
+    };
     let mut sync = GradSync::new(params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect(), (o.bucket_cap_mb * 1e6) as usize)?;
     let mut grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).collect();
     if world.is_main() {
         println!(
-            "{} ranks, {} tensors, {numel} floats ({:.1} MB), {} buckets of <= {} MB, {} iterations",
+            "{} ranks ({:?}), {} tensors, {numel} floats ({:.1} MB), {} buckets of <= {} MB, {} iterations",
             world.size,
+            pg.backend(),
             params.len(),
             numel as f64 * 4e-6,
             sync.num_buckets(),
@@ -104,15 +128,14 @@ fn bench(world: &World) -> Result<()> {
     let mut times = vec![Vec::new(); 4];
     for iter in 0..o.iters + 2 {
         let t = [
-            // The baseline: one MPI call, straight through rsmpi.
-            timed(&pg, &mut || {
-                mpi_world.all_reduce_into(&flat_send[..], &mut flat_recv[..], SystemOperation::sum());
-                Ok(())
-            })?,
+            timed(&pg, &mut flat_all_reduce)?,
             timed(&pg, &mut || sync.sync_sum(&pg))?,
             // Divided by the world size the gradients stay ones.
             timed(&pg, &mut || sync.sync(&pg, world.size as f64))?,
-            timed(&pg, &mut || grads.iter_mut().try_for_each(|g| pg.all_reduce_sum(g)))?,
+            timed(&pg, &mut || {
+                grads.iter_mut().try_for_each(|g| pg.all_reduce_sum(g))?;
+                pg.wait()
+            })?,
         ];
         if iter >= 2 {
             times.iter_mut().zip(t).for_each(|(v, t)| v.push(t));
@@ -127,7 +150,7 @@ fn bench(world: &World) -> Result<()> {
     if world.is_main() {
         let gb = numel as f64 * 4e-9;
         for (what, s) in [
-            ("one flat MPI all-reduce", flat_s),
+            ("one flat all-reduce", flat_s),
             ("bucketed, GradSync::sync_sum", sum_s),
             ("bucketed, GradSync::sync", sync_s),
             ("one all-reduce per tensor", per_tensor_s),
@@ -135,7 +158,8 @@ fn bench(world: &World) -> Result<()> {
             println!("{what:<30} {:>9.1} ms  {:>6.2} GB/s  {:>5.2}x flat", s * 1e3, gb / s, s / flat_s);
         }
         println!(
-            "bucketed sum / flat = {:.2} (goal <= 1.1); per-tensor / bucketed sum = {:.2} (goal >= 3)",
+            "result: {:?} bucketed sum / flat = {:.2} (goal <= 1.1); per-tensor / bucketed sum = {:.2} (goal >= 3)",
+            pg.backend(),
             sum_s / flat_s,
             per_tensor_s / sum_s
         );
