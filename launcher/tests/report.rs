@@ -23,8 +23,8 @@ fn two_caption_runs_and_a_grounding_run() {
         assert!(html.contains(&format!("alt=\"{title}\"")), "missing chart {title}");
     }
     let pngs = embedded_pngs(&html);
-    // 6 charts + 3 + 2 caption thumbnails + 2 grounding pictures.
-    assert_eq!(pngs.len(), 13);
+    // 6 charts + 3 + 2 caption thumbnails + 3 grounding pictures.
+    assert_eq!(pngs.len(), 14);
     for chart in &pngs[..6] {
         assert_eq!((chart.width(), chart.height()), (560, 340));
         assert!(colours(chart) > 20, "a chart with almost no colours is blank");
@@ -38,6 +38,7 @@ fn two_caption_runs_and_a_grounding_run() {
     assert!(html.contains("a man &lt;riding&gt; a wave") && html.contains("a surfer &amp; a wave"));
     assert!(html.contains("cider 1.5000 at 500") && html.contains("score 0.8000 at 300"));
     assert!(html.contains("IoU 0.800 (hit)") && html.contains("IoU 0.000 (miss)"));
+    assert!(html.contains("image not shown: &quot;image&quot; is neither PNG nor JPEG"));
 }
 
 #[test]

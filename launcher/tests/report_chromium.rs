@@ -23,7 +23,7 @@ fn chromium_loads_every_image() {
     let g = grounding_run(dir.path());
     let html = report(&[&a, &g], &dir.path().join("report.html"));
     let images = html.matches("<img ").count();
-    assert_eq!(images, 6 + 2 + 2);
+    assert_eq!(images, 6 + 2 + 3);
     assert_eq!(embedded_pngs(&html).len(), images);
 
     // A copy with a probe that records, after load, how many images decoded.

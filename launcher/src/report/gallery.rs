@@ -61,10 +61,15 @@ pub fn load(path: &Path, limit: usize) -> Result<Vec<Sample>> {
 
 fn sample(line: Line) -> Sample {
     let boxes = line.pred_box.zip(line.ref_box);
-    let (picture, picture_problem) = match picture(&line, boxes) {
-        Ok(p) => (p, None),
+    // An unreadable thumbnail is reported on the card; boxes are still drawn.
+    let (thumbnail, mut picture_problem) = match line.image.as_deref().map(decode_image).transpose() {
+        Ok(t) => (t, None),
         Err(e) => (None, Some(format!("{e:#}"))),
     };
+    let picture = picture(thumbnail, line.image_size, boxes).unwrap_or_else(|e| {
+        picture_problem = Some(format!("{e:#}"));
+        None
+    });
     Sample {
         id: match &line.id {
             serde_json::Value::String(s) => s.clone(),
@@ -81,18 +86,21 @@ fn sample(line: Line) -> Sample {
     }
 }
 
-fn picture(line: &Line, boxes: Option<([f32; 4], [f32; 4])>) -> Result<Option<Vec<u8>>> {
-    let thumbnail = line.image.as_deref().map(decode_image).transpose()?;
+fn picture(
+    thumbnail: Option<DynamicImage>,
+    image_size: Option<[u32; 2]>,
+    boxes: Option<([f32; 4], [f32; 4])>,
+) -> Result<Option<Vec<u8>>> {
     let (canvas, frame) = match (thumbnail, boxes) {
         (None, None) => return Ok(None),
         (Some(img), _) => {
-            let frame = line.image_size.map(|[w, h]| (w as f32, h as f32));
+            let frame = image_size.map(|[w, h]| (w as f32, h as f32));
             let frame = frame.unwrap_or((img.width() as f32, img.height() as f32));
             (fit(img), frame)
         }
         (None, Some((p, r))) => {
             // No thumbnail: a grey canvas in the image's frame (or the boxes' extent).
-            let (w, h) = match line.image_size {
+            let (w, h) = match image_size {
                 Some([w, h]) => (w as f32, h as f32),
                 None => (p[2].max(r[2]).max(1.0), p[3].max(r[3]).max(1.0)),
             };

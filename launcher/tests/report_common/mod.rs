@@ -40,7 +40,7 @@ pub fn caption_run(root: &Path, name: &str, scale: f64, samples: usize) -> PathB
     dir
 }
 
-/// A grounding run whose predictions have boxes (one with a thumbnail, one without).
+/// A grounding run whose predictions have boxes (with a thumbnail, without, with a broken one).
 pub fn grounding_run(root: &Path) -> PathBuf {
     let dir = root.join("refcoco");
     std::fs::create_dir_all(&dir).unwrap();
@@ -59,6 +59,9 @@ pub fn grounding_run(root: &Path) -> PathBuf {
             "iou": 0.8, "hit": true, "image": thumbnail_base64(160, 120), "image_size": [640, 480]}),
         serde_json::json!({"id": 2, "box": [10.0, 10.0, 100.0, 100.0], "ref_box": [300.0, 200.0, 600.0, 450.0],
             "iou": 0.0, "hit": false, "image_size": [640, 480]}),
+        // Not an image: the card says so, and the boxes are drawn on a blank canvas.
+        serde_json::json!({"id": "g3", "box": [0.0, 0.0, 50.0, 50.0], "ref_box": [10.0, 10.0, 60.0, 60.0],
+            "image": "bm90IGFuIGltYWdl", "image_size": [100, 100]}),
     ];
     std::fs::write(dir.join("predictions.jsonl"), lines.map(|l| l.to_string() + "\n").concat()).unwrap();
     dir
