@@ -157,7 +157,7 @@ fn text_only_input_encodes_without_the_backbone() {
     let input = batch();
     tch::no_grad(|| {
         let enc = model.encode(&input.src_tokens, None, None, false);
-        assert_eq!(enc.out.size(), [3, 7, 128]);
+        assert_eq!(enc.out.size(), [3, 7, 64]);
         let logits = model.decode(&input.prev_output_tokens, &enc, None, false);
         assert!(logits.isfinite().all().int64_value(&[]) == 1);
     });

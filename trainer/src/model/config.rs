@@ -63,7 +63,7 @@ pub const PAD: i64 = 1;
 /// (spec §1.1); `ofa_micro` is ours, for tests and the CPU demo.
 fn preset_sizes(arch: &str) -> Option<(i64, i64, i64, i64, i64, [i64; 3])> {
     Some(match arch {
-        "ofa_micro" => (128, 512, 2, 2, 2, [1, 1, 1]),
+        "ofa_micro" => (64, 256, 2, 2, 2, [1, 1, 1]),
         "ofa_tiny" => (256, 1024, 4, 4, 4, [3, 4, 6]),
         "ofa_medium" => (512, 2048, 4, 4, 8, [3, 4, 23]),
         "ofa_base" => (768, 3072, 6, 6, 12, [3, 4, 23]),
