@@ -3,15 +3,20 @@
 
 use elfin_trainer::model::resnet::{self, ResNet};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::PathBuf;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-const ORACLE: &str = "/work/shared/oracles/model-ofa-tiny";
 const PREFIX: &str = "encoder.embed_images.";
 
+/// `$ELFIN_SHARED_DIR` (set by scripts/gpu-check.sh), else the project's shared folder.
+fn oracle_dir() -> PathBuf {
+    let shared = std::env::var_os("ELFIN_SHARED_DIR").map_or_else(|| PathBuf::from("/work/shared"), PathBuf::from);
+    shared.join("oracles/model-ofa-tiny")
+}
+
 fn read(file: &str) -> BTreeMap<String, Tensor> {
-    let path = Path::new(ORACLE).join(file);
+    let path = oracle_dir().join(file);
     Tensor::read_safetensors(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
         .into_iter()
@@ -64,6 +69,28 @@ fn eval_forward_reproduces_the_reference_backbone() {
     eprintln!("resnet_out: max |diff| {max_err:.3e}, values up to {scale:.1}");
     let outside = err.gt_tensor(&bound).sum(Kind::Int64).int64_value(&[]);
     assert_eq!(outside, 0, "max |diff| {max_err:.3e} with values up to {scale:.1}");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU; run by scripts/gpu-check.sh"]
+fn cuda_forward_matches_the_reference_backbone() {
+    assert!(tch::Cuda::is_available(), "no CUDA device");
+    let vs = nn::VarStore::new(Device::Cuda(0));
+    let net = tiny_backbone(&vs, 0.0);
+    load_oracle_weights(&vs);
+    let forward = read("forward.safetensors");
+    let want = &forward["intermediate.resnet_out"];
+    let got = tch::no_grad(|| net.forward_t(&forward["input.patch_images"].to_device(Device::Cuda(0)), false));
+    let got = got.to_device(Device::Cpu);
+    // cuDNN convolutions may run in TF32 (libtorch's default), so compare
+    // the relative L2 error rather than elementwise float32 noise.
+    let rel = ((&got - want).norm().double_value(&[])) / want.norm().double_value(&[]);
+    eprintln!("resnet_out on CUDA: relative L2 error {rel:.3e}");
+    assert!(rel < 1e-2, "relative L2 error {rel:.3e}");
+
+    let _ = tch::no_grad(|| net.forward_t(&forward["input.patch_images"].to_device(Device::Cuda(0)), true));
+    let counter = &vs.variables()["encoder.embed_images.bn1.num_batches_tracked"];
+    assert_eq!(counter.int64_value(&[]), 1, "train mode counts batches on the GPU too");
 }
 
 #[test]
