@@ -137,10 +137,21 @@ fn validation_aggregate_and_rounding_follow_python() {
     assert_eq!(round_like_python(0.90125, 4), 0.9012);
 }
 
-/// Captions in the style of COCO (written for this test), normalised as the
-/// reference does before scoring.
+/// The public COCO val2014 image 391895 (its five references, the usual
+/// coco-caption example) and captions in the style of COCO written for this
+/// test, normalised as the reference does before scoring.
 fn coco_like_samples() -> Vec<(String, Vec<String>)> {
     let raw: &[(&str, &[&str])] = &[
+        (
+            "a man riding a motorcycle on a dirt road",
+            &[
+                "A man with a red helmet on a small moped on a dirt road. ",
+                "Man riding a motor bike on a dirt road on the countryside.",
+                "A man riding on the back of a motorcycle.",
+                "A dirt path with a young person on a motor bike rests to the foreground of a verdant area with a bridge and a background of cloud-wreathed mountains. ",
+                "A man in a red shirt and a red hat is on a motorcycle on a hill side.",
+            ],
+        ),
         (
             "a man riding a wave on top of a surfboard.",
             &[
