@@ -133,6 +133,10 @@ fn collectives(world: &World) -> Result<()> {
     let gathered = pg.all_gather_u64(&[world.rank as u64, 10 * world.rank as u64])?;
     let expected: Vec<u64> = (0..world.size as u64).flat_map(|q| [q, 10 * q]).collect();
     ensure!(gathered == expected, "all_gather {gathered:?}");
+    let mine = format!("rank {} says {}", world.rank, "x".repeat(world.rank * 3));
+    let texts = pg.all_gather_bytes(mine.as_bytes())?;
+    let expected: Vec<Vec<u8>> = (0..world.size).map(|q| format!("rank {q} says {}", "x".repeat(q * 3)).into_bytes()).collect();
+    ensure!(texts == expected, "all_gather_bytes {texts:?}");
     pg.barrier()?;
     println!("collectives ok on rank {} of {}", world.rank, world.size);
     Ok(())

@@ -222,6 +222,33 @@ impl MpiComm {
         check(rc, "MPI_Allgather")?;
         Ok(all)
     }
+
+    /// Every rank's bytes (lengths may differ), in rank order.
+    pub(crate) fn all_gather_bytes(&self, local: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let lengths = self.all_gather_u64(&[local.len() as u64])?;
+        let total: u64 = lengths.iter().sum();
+        if total > i32::MAX as u64 {
+            bail!("all_gather_bytes: {total} bytes in all exceed what one MPI call can gather (2 GiB)");
+        }
+        let counts: Vec<c_int> = lengths.iter().map(|&l| l as c_int).collect();
+        let displs: Vec<c_int> = counts.iter().scan(0, |off, &c| Some(std::mem::replace(off, *off + c))).collect();
+        let mut all = vec![0u8; total as usize];
+        // SAFETY: the receive buffer holds the sum of all counts; displacements are their prefix sums.
+        let rc = unsafe {
+            ffi::MPI_Allgatherv(
+                local.as_ptr() as *const c_void,
+                local.len() as c_int,
+                ffi::RSMPI_UINT8_T,
+                all.as_mut_ptr() as *mut c_void,
+                counts.as_ptr(),
+                displs.as_ptr(),
+                ffi::RSMPI_UINT8_T,
+                self.comm.as_raw(),
+            )
+        };
+        check(rc, "MPI_Allgatherv")?;
+        Ok(counts.iter().zip(&displs).map(|(&c, &d)| all[d as usize..(d + c) as usize].to_vec()).collect())
+    }
 }
 
 fn check(rc: c_int, what: &str) -> Result<()> {

@@ -134,6 +134,7 @@ impl ProcessGroup {
         let Some(mpi) = &self.mpi else { return Ok(()) };
         let _guard = self.watch("all_reduce", count);
         if t.device() != Device::Cpu {
+            // SAFETY: `host` is a contiguous CPU copy of `count` elements owned by the closure's caller.
             return self.staged_through_host(t, |host| unsafe { mpi.all_reduce_sum(host.data_ptr(), count, elem) });
         }
         // SAFETY: a contiguous CPU tensor of `count` elements, not touched by anything else now.
@@ -155,6 +156,7 @@ impl ProcessGroup {
         let Some(mpi) = &self.mpi else { return Ok(()) };
         let _guard = self.watch("broadcast", count);
         if t.device() != Device::Cpu {
+            // SAFETY: `host` is a contiguous CPU copy of `nbytes` bytes.
             return self.staged_through_host(t, |host| unsafe { mpi.broadcast_bytes(host.data_ptr(), nbytes, root) });
         }
         // SAFETY: a contiguous CPU tensor of `nbytes` bytes.
@@ -204,5 +206,13 @@ impl ProcessGroup {
         let Some(mpi) = &self.mpi else { return Ok(local.to_vec()) };
         let _guard = self.watch("all_gather", local.len());
         mpi.all_gather_u64(local)
+    }
+
+    /// Every rank's bytes (of any length: serialised predictions, ids),
+    /// in rank order.
+    pub fn all_gather_bytes(&self, local: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let Some(mpi) = &self.mpi else { return Ok(vec![local.to_vec()]) };
+        let _guard = self.watch("all_gather of bytes", local.len());
+        mpi.all_gather_bytes(local)
     }
 }
