@@ -179,12 +179,10 @@ fn kept_row_body(c: &PassConsts, job: &Job, row: &RowData, grad: &mut [f32]) -> 
     }
     let (_, _, p_target) = PassConsts::log_prob(&job.side, row.z[job.target]);
     let target_slope = c.bonus.eval(p_target).1;
-    let s = c.slope_sum(job, slope.iter().sum(), kl_slope.iter().sum(), target_slope);
+    let s_rest = c.slope_sum_rest(slope.iter().sum(), kl_slope.iter().sum(), target_slope);
     for (i, g) in grad.iter_mut().enumerate() {
         let (q, _, d, _, ks) = per_id(c, job, row, i);
-        let allowed = (row.mask[i] != 0) as u8 as f32;
-        let g_id = -job.eps_row * allowed + c.eps_over_v * d + c.half_alpha * ks;
-        *g = job.side.conf * (g_id - q * s);
+        *g = c.grad_at(job, s_rest, row.mask[i] != 0, i == job.target, q, d, ks);
     }
     grad[job.target] += c.target_extra(job, target_slope);
     RowSums { bonus_all: bonus_all.iter().sum(), kl: kl.iter().sum() }

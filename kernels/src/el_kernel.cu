@@ -217,15 +217,15 @@ __device__ void rows_impl(const T* logits, T* grad, long long V, const int* job_
 
     float tb, t_slope;
     bonus_eval(c, expf(own.conf * ((load_f32(z, target) - own.max) - own.ln_sum)), &tb, &t_slope);
+    // The ε' terms are grouped apart (see PassConsts::slope_sum_rest in el_plan.rs).
     double eps = c.eps;
-    float s = (float)(-(double)eps_row * allowed_count + (double)c.eps_over_v * b1 + (double)c.half_alpha * k1
-                      - (1.0 - eps - eps_row) + (1.0 - eps) * t_slope);
-    float target_extra = own.conf * (-(1.f - c.eps - eps_row) + (1.f - c.eps) * t_slope);
+    float s_rest = (float)((double)c.eps_over_v * b1 + (double)c.half_alpha * k1 - (1.0 - eps) + (1.0 - eps) * t_slope);
+    float target_extra = own.conf * (1.f - c.eps) * (t_slope - 1.f);
 
     for (long long v = threadIdx.x; v < V; v += blockDim.x) {
         PER_ID(v, ok, q, b, d, kl, ks)
-        float g_id = -eps_row * (ok ? 1.f : 0.f) + c.eps_over_v * d + c.half_alpha * ks;
-        float out = own.conf * (g_id - q * s);
+        float eps_part = eps_row * (q * (allowed_count - 1.f) - (ok ? 1.f : 0.f) + (v == target ? 1.f : 0.f));
+        float out = own.conf * (eps_part + c.eps_over_v * d + c.half_alpha * ks - q * s_rest);
         if (v == target) out += target_extra;
         store_f32(g, v, out);
     }

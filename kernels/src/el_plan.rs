@@ -69,18 +69,26 @@ impl PassConsts {
         (x, l, exp_f32(l))
     }
 
-    /// Σ_v dL/dℓ_v of a row from the sums of its sweep: B1 = Σ b'(p)p, K1 = Σ of the KL slopes.
-    pub fn slope_sum(&self, job: &Job, b1: f64, k1: f64, target_slope: f32) -> f32 {
+    /// The part of Σ_v dL/dℓ_v that does not involve ε' (B1 = Σ b'(p)p, K1 = Σ of the KL slopes).
+    ///
+    /// The ε' terms are kept apart because ε' is huge (ε / 1e-6) when a mask allows one id only;
+    /// grouped as ε'·(q_v·(allowed − 1) − [v allowed] + [v = target]) they cancel exactly there.
+    pub fn slope_sum_rest(&self, b1: f64, k1: f64, target_slope: f32) -> f32 {
         let eps = self.eps as f64;
-        let eps_row = job.eps_row as f64;
-        (-eps_row * job.allowed as f64 + self.eps_over_v as f64 * b1 + self.half_alpha as f64 * k1
-            - (1.0 - eps - eps_row)
-            + (1.0 - eps) * target_slope as f64) as f32
+        (self.eps_over_v as f64 * b1 + self.half_alpha as f64 * k1 - (1.0 - eps) + (1.0 - eps) * target_slope as f64)
+            as f32
     }
 
-    /// The extra dL/dz at the target id beyond the per-id formula.
+    /// dL/dz_v at an id (the target also gets `target_extra`): q = softmax, d = b'(p)p, kl_slope from R-Drop.
+    #[inline(always)]
+    pub fn grad_at(&self, job: &Job, s_rest: f32, ok: bool, is_target: bool, q: f32, d: f32, kl_slope: f32) -> f32 {
+        let eps_part = job.eps_row * (q * (job.allowed - 1.0) - ok as u8 as f32 + is_target as u8 as f32);
+        job.side.conf * (eps_part + self.eps_over_v * d + self.half_alpha * kl_slope - q * s_rest)
+    }
+
+    /// The extra dL/dz at the target id beyond `grad_at`.
     pub fn target_extra(&self, job: &Job, target_slope: f32) -> f32 {
-        job.side.conf * (-(1.0 - self.eps - job.eps_row) + (1.0 - self.eps) * target_slope)
+        job.side.conf * (1.0 - self.eps) * (target_slope - 1.0)
     }
 }
 
