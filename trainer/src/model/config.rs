@@ -292,17 +292,16 @@ pub struct ModelArgs {
     /// Don't train the decoder's token embedding (shared: also the encoder's and the output projection).
     #[arg(long)]
     pub freeze_decoder_embedding: bool,
-    /// Side of the square input images in pixels (at most 16 × 42).
-    #[arg(long)]
+    // The image size, bins and text lengths are data flags (`DataArgs`),
+    // which `train` copies into the config; they are not model flags here
+    // so that both groups can be flattened into one command line.
+    #[arg(skip)]
     pub patch_image_size: Option<i64>,
-    /// Number of `<bin_i>` location tokens in the dictionary.
-    #[arg(long)]
+    #[arg(skip)]
     pub num_bins: Option<i64>,
-    /// Longest source text, in words then tokens.
-    #[arg(long)]
+    #[arg(skip)]
     pub max_src_length: Option<i64>,
-    /// Longest target text, in words then tokens.
-    #[arg(long)]
+    #[arg(skip)]
     pub max_tgt_length: Option<i64>,
 }
 
