@@ -14,13 +14,15 @@ use tch::{Kind, Tensor};
 #[derive(Debug)]
 pub struct DecoderCache {
     layers: Vec<LayerCache>,
+    /// The encoder positions projected for the cross-attention bias.
+    cross_pos_keys: Option<Tensor>,
     /// Steps already decoded (the cached keys' length).
     steps: i64,
 }
 
 impl DecoderCache {
     pub fn new(layers: usize) -> DecoderCache {
-        DecoderCache { layers: (0..layers).map(|_| LayerCache::default()).collect(), steps: 0 }
+        DecoderCache { layers: (0..layers).map(|_| LayerCache::default()).collect(), cross_pos_keys: None, steps: 0 }
     }
 
     pub fn steps(&self) -> i64 {
@@ -32,6 +34,7 @@ impl DecoderCache {
         for layer in &mut self.layers {
             layer.reorder(order);
         }
+        self.cross_pos_keys = self.cross_pos_keys.as_ref().map(|k| k.index_select(0, order));
     }
 }
 
@@ -105,11 +108,12 @@ impl Decoder {
         self.layers.len()
     }
 
-    fn positions(&self, raw: Tensor, norm: &nn::LayerNorm, enc: &EncoderOut) -> Positions {
+    /// `cross_keys`: the encoder positions projected by `cross_pos_k_linear`.
+    fn positions(&self, raw: Tensor, norm: &nn::LayerNorm, cross_keys: &Tensor) -> Positions {
         let normed = norm.forward(&raw);
         Positions {
             self_abs: self.self_pos_bias.forward(&normed, &normed),
-            cross_abs: self.cross_pos_bias.forward(&normed, &enc.position_embeddings),
+            cross_abs: self.cross_pos_bias.with_keys(&normed, cross_keys),
             raw,
         }
     }
@@ -143,11 +147,17 @@ impl Decoder {
         };
 
         // Positions and biases cover the whole prefix, then keep the new rows.
-        let text = self.positions(self.embed_positions.narrow(0, 0, tt).unsqueeze(0), &self.pos_ln, enc);
+        let mut cache = cache;
+        let cross_keys = match cache.as_deref_mut() {
+            Some(c) => c.cross_pos_keys.get_or_insert_with(|| self.cross_pos_bias.keys(&enc.position_embeddings)).shallow_clone(),
+            None => self.cross_pos_bias.keys(&enc.position_embeddings),
+        };
+        let text = self.positions(self.embed_positions.narrow(0, 0, tt).unsqueeze(0), &self.pos_ln, &cross_keys);
         let code_ids = self.code_position_ids.narrow(0, 0, tt);
-        let code = code_rows
-            .as_ref()
-            .map(|_| self.positions(lookup(&self.embed_image_positions, &code_ids, None).unsqueeze(0), &self.image_pos_ln, enc));
+        let code = code_rows.as_ref().map(|_| {
+            let raw = lookup(&self.embed_image_positions, &code_ids, None).unsqueeze(0);
+            self.positions(raw, &self.image_pos_ln, &cross_keys)
+        });
         let choose = |f: fn(&Positions) -> &Tensor| match &code {
             Some(code) => pick(f(code), f(&text).shallow_clone()),
             None => f(&text).shallow_clone(),
@@ -173,7 +183,6 @@ impl Decoder {
 
         let token_buckets = self.buckets.token_square(tt);
         let image_buckets = code_rows.as_ref().map(|_| self.buckets.image_square(&code_ids));
-        let mut cache = cache;
         for (k, layer) in self.layers.iter().enumerate() {
             let text_rel = relative_bias(&self.token_tables[k], &token_buckets).unsqueeze(0);
             let rel = match &image_buckets {

@@ -81,8 +81,17 @@ impl PositionBias {
     /// Query positions [Bq, Tq, C] and key positions [Bk, Tk, C] (each batch
     /// 1 or B) to the bias [B, H, Tq, Tk].
     pub fn forward(&self, query_pos: &Tensor, key_pos: &Tensor) -> Tensor {
+        self.with_keys(query_pos, &self.keys(key_pos))
+    }
+
+    /// The projected key positions [Bk, H, Tk, D], to reuse across calls.
+    pub fn keys(&self, key_pos: &Tensor) -> Tensor {
+        split_heads(&self.k_linear.forward(key_pos), self.heads)
+    }
+
+    /// The bias for query positions against projected `keys`.
+    pub fn with_keys(&self, query_pos: &Tensor, keys: &Tensor) -> Tensor {
         let q = split_heads(&self.q_linear.forward(query_pos), self.heads) * self.scaling;
-        let k = split_heads(&self.k_linear.forward(key_pos), self.heads);
-        q.matmul(&k.transpose(-1, -2))
+        q.matmul(&keys.transpose(-1, -2))
     }
 }
