@@ -29,6 +29,8 @@ enum Command {
     Model(elfin_trainer::model::cli_model::ModelCommand),
     /// Run one eval-mode forward pass of a checkpoint on saved inputs and save logits and encoder output.
     Forward(elfin_trainer::model::cli_forward::ForwardArgs),
+    /// Compute the encouraging loss on saved logits: prints {"loss", "nll_loss", "ntokens", "sample_size"}.
+    Criterion(elfin_trainer::criterion::cli::CriterionCmdArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => elfin_trainer::data::synth::run(&args),
         Command::Model(args) => elfin_trainer::model::cli_model::run(args),
         Command::Forward(args) => elfin_trainer::model::cli_forward::run(args),
+        Command::Criterion(args) => elfin_trainer::criterion::cli::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
