@@ -122,7 +122,7 @@ fn tick_label(v: f64, span: f64) -> String {
     let magnitude = v.abs().max(span);
     if v == 0.0 {
         "0".into()
-    } else if magnitude < 1e-2 || magnitude >= 1e5 {
+    } else if !(1e-2..1e5).contains(&magnitude) {
         format!("{v:.1e}")
     } else if span < 0.05 {
         format!("{v:.4}")

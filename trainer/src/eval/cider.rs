@@ -94,11 +94,11 @@ fn similarity(hyp: &Weighted, reference: &Weighted) -> [f64; MAX_ORDER] {
         let ref_weight = reference.by_key.get(key).copied().unwrap_or(0.0);
         value[*order] += weight.min(ref_weight) * ref_weight;
     }
-    for order in 0..MAX_ORDER {
-        if hyp.norms[order] != 0.0 && reference.norms[order] != 0.0 {
-            value[order] /= hyp.norms[order] * reference.norms[order];
+    for ((v, &norm_hyp), &norm_ref) in value.iter_mut().zip(&hyp.norms).zip(&reference.norms) {
+        if norm_hyp != 0.0 && norm_ref != 0.0 {
+            *v /= norm_hyp * norm_ref;
         }
-        value[order] *= penalty;
+        *v *= penalty;
     }
     value
 }
