@@ -10,4 +10,5 @@ pub mod metrics_log;
 pub mod model;
 pub mod optim;
 pub mod signals;
+pub mod train;
 pub mod version;

@@ -19,6 +19,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train: one rank of a finetuning run (the command `elfin launch` starts under mpirun).
+    Train(Box<elfin_trainer::train::TrainArgs>),
+    /// Validate a checkpoint (or the untrained model): write predictions and print the scores.
+    Eval(Box<elfin_trainer::train::eval_cli::EvalCmdArgs>),
     /// Score a saved predictions file with the validation metrics (CIDEr-D, Acc@0.5).
     Score(elfin_trainer::eval::score_cli::ScoreArgs),
     /// Tokenize lines of standard input with an OFA BPE folder: one JSON line `{"text", "ids"}` each.
@@ -44,6 +48,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let result: anyhow::Result<()> = match command {
+        Command::Train(args) => elfin_trainer::train::run(*args),
+        Command::Eval(args) => elfin_trainer::train::eval_cli::run(*args),
         Command::Score(args) => elfin_trainer::eval::score_cli::run(args),
         Command::Tokenize(args) => elfin_trainer::data::cli::run_tokenize(&args),
         Command::Synth(args) => elfin_trainer::data::synth::run(&args),
@@ -53,6 +59,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<elfin_trainer::train::Preempted>() => {
+            eprintln!("elfin-train: {err:#}; start the run again with the same --save-dir to resume");
+            ExitCode::from(elfin_trainer::signals::EXIT_PREEMPTED as u8)
+        }
         Err(err) => {
             eprintln!("elfin-train: error: {err:#}");
             ExitCode::FAILURE

@@ -6,7 +6,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct EvalArgs {
     /// Caption task: score validation with CIDEr-D (the `cider` metric, 3 decimals).
     #[arg(long)]

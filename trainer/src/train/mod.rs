@@ -1,0 +1,395 @@
+//! `elfin-train train`: the training loop, readable top to bottom (spec
+//! `ofa-finetuning.md` §6). One process is one rank; ranks meet only in the
+//! process group (gradients, statistics, the stop flag).
+
+mod args;
+pub mod eval_cli;
+mod update;
+mod validate;
+
+pub use args::{CompatArgs, DeviceKind, LoopArgs, TrainArgs};
+
+use crate::checkpoint::{self, CheckpointSaver, CheckpointState, LoadPlan, Progress, RngState};
+use crate::criterion::Criterion;
+use crate::data::{Loader, Split, Task, TrainPlan};
+use crate::dist::{self, GradSync, ProcessGroup, World};
+use crate::metrics_log::{Console, Meters, MetricsJsonl, RecordKind, Scope};
+use crate::model::{OfaConfig, OfaModel, Precision};
+use crate::optim::{self, Adam, DynamicLossScaler, PolynomialDecay};
+use crate::signals;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{nn, Device, Tensor};
+
+/// The run stopped on SIGTERM/SIGINT after saving `checkpoint_last`; the
+/// binary exits with [`signals::EXIT_PREEMPTED`].
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by signal {signal} after saving {}", .saved.display())]
+pub struct Preempted {
+    pub signal: i32,
+    pub saved: std::path::PathBuf,
+}
+
+/// Runs `elfin-train train` as one rank of the job `mpirun` (or nothing) started.
+pub fn run(args: TrainArgs) -> Result<()> {
+    args.validate()?;
+    let world = World::init()?;
+    let result = Trainer::new(&world, args).and_then(|mut t| t.train());
+    world.finish(result)
+}
+
+/// Everything one rank holds while training.
+pub(crate) struct Trainer {
+    args: TrainArgs,
+    world: World,
+    device: Device,
+    precision: Precision,
+    task: Task,
+    vs: nn::VarStore,
+    model: OfaModel,
+    /// Trainable parameters in a fixed order (frozen ones excluded).
+    params: Vec<(String, Tensor)>,
+    pg: ProcessGroup,
+    grad_sync: GradSync,
+    criterion: Criterion,
+    adam: Adam,
+    lr: PolynomialDecay,
+    scaler: Option<DynamicLossScaler>,
+    saver: CheckpointSaver,
+    progress: Progress,
+    console: Console,
+    metrics: Option<MetricsJsonl>,
+    meters: Meters,
+    epoch_meters: Meters,
+    validator: validate::Validator,
+    started: Instant,
+    /// Seconds the data loader kept the loop waiting, and the loop's own time, this run.
+    data_wait: f64,
+}
+
+impl Trainer {
+    fn new(world: &World, args: TrainArgs) -> Result<Trainer> {
+        signals::install()?;
+        let device = args.device(world.local_gpu())?;
+        let precision = args.precision(device);
+        tch::manual_seed(args.run.seed as i64);
+        let main = world.is_main();
+        let console = Console::new();
+        let say = |m: &str| {
+            if main {
+                console.info(m)
+            }
+        };
+
+        let task = Task::new(&args.data)?;
+        let vocab = task.dictionary().len() as i64;
+        let cfg = model_config(&args)?;
+        let mut vs = nn::VarStore::new(device);
+        let model = OfaModel::new(&vs.root(), &cfg, vocab);
+        say(&format!(
+            "rank 0 of {} on {device:?} ({precision:?}); model {} with {} parameters, vocabulary {vocab}",
+            world.size,
+            cfg.arch,
+            vs.variables().values().map(|t| t.numel()).sum::<usize>()
+        ));
+
+        let plan = checkpoint::plan_load(&args.checkpoint, |p| p.exists())?;
+        say(&plan.describe());
+        let restored = restore(&plan, &mut vs)?;
+
+        let pg = ProcessGroup::new(world, &args.dist, device)?;
+        let params = dist::trainable_named(&vs);
+        let grad_sync = GradSync::new(shallow_clones(&params), args.dist.bucket_cap_bytes())?;
+        // Every rank starts from rank 0's weights, whatever it initialised or loaded.
+        dist::broadcast_var_store(&pg, &vs)?;
+
+        let criterion = Criterion::new(&args.criterion, task.dictionary().pad(), task.dictionary().eos())?;
+        let mut adam = Adam::new(&args.optim);
+        let uses_scaler = precision == Precision::Fp16;
+        let mut scaler =
+            uses_scaler.then(|| DynamicLossScaler::new(&args.optim, world.size as u64, args.run.update_freq as u64));
+        let mut progress = Progress { epoch: 1, ..Progress::default() };
+        if let Some(state) = restored {
+            if let Some(opt) = state.optimizer {
+                adam.load_state(opt, &params)?;
+            }
+            if let (Some(s), true) = (state.loss_scaler, uses_scaler) {
+                scaler = Some(DynamicLossScaler::from_state(s));
+            }
+            progress = state.progress;
+            progress.epoch = progress.epoch.max(1);
+        }
+
+        let train_rows = task.load(Split::Train, 1)?.len() as u64;
+        let lr = PolynomialDecay::from_args(&args.optim, schedule_total(&args, train_rows, world.size as u64))?;
+        say(&lr.describe());
+
+        let validator = validate::Validator::new(&args, &task, world)?;
+        let saver = CheckpointSaver::new(args.checkpoint.clone(), progress.best);
+        let metrics = if main { Some(MetricsJsonl::open(&args.checkpoint.save_dir)?) } else { None };
+        Ok(Trainer {
+            world: world.clone(),
+            device,
+            precision,
+            task,
+            vs,
+            model,
+            params,
+            pg,
+            grad_sync,
+            criterion,
+            adam,
+            lr,
+            scaler,
+            saver,
+            progress,
+            console,
+            metrics,
+            meters: Meters::new(),
+            epoch_meters: Meters::new(),
+            validator,
+            started: Instant::now(),
+            data_wait: 0.0,
+            args,
+        })
+    }
+
+    fn train(&mut self) -> Result<()> {
+        let (first_epoch, mut skip) = self.progress.resume_position();
+        let (rank, world_size) = (self.world.rank, self.world.size);
+        for epoch in first_epoch..=self.args.run.max_epoch {
+            self.progress.epoch = epoch;
+            let dataset = Arc::new(self.task.load(Split::Train, epoch as usize)?);
+            let rows = dataset.len();
+            let plan = TrainPlan::new(rows, self.args.run.batch_size, self.args.run.update_freq, world_size, self.args.run.seed, epoch as usize);
+            let updates = plan.num_updates() as u64;
+            let uf = self.args.run.update_freq;
+            let jobs: Vec<_> = plan.jobs(rank).into_iter().skip(skip as usize * uf).collect();
+            let mut loader = Loader::new(dataset, jobs, self.args.data.num_workers, self.args.data.skip_bad_rows);
+            if self.world.is_main() {
+                self.console.start_epoch(epoch, updates);
+            }
+            self.epoch_meters.reset();
+            for chunk in skip..updates {
+                let micro = (0..uf)
+                    .map(|_| loader.next().context("the data loader ended before the epoch's last update")?)
+                    .collect::<Result<Vec<_>>>()?;
+                let stats = self.update(&micro)?;
+                self.progress.iterations_in_epoch = chunk + 1;
+                self.progress.end_of_epoch = chunk + 1 == updates;
+                if let Some(stats) = stats {
+                    self.meters.log_update(&stats);
+                    self.epoch_meters.log_update(&stats);
+                    self.log_interval(epoch, chunk + 1, updates)?;
+                }
+                if self.world.is_main() {
+                    self.console.set_position(chunk + 1);
+                }
+                let done = self.args.run.max_update > 0 && self.progress.num_updates >= self.args.run.max_update;
+                let stop = self.stop_requested()?;
+                self.validate_and_save(self.progress.end_of_epoch || done, stop)?;
+                if stop {
+                    let signal = signals::received_signal().unwrap_or(libc::SIGTERM);
+                    return Err(Preempted { signal, saved: self.args.checkpoint.save_dir.join(checkpoint::LAST) }.into());
+                }
+                if done {
+                    self.log_epoch(epoch, &loader)?;
+                    return Ok(());
+                }
+            }
+            self.data_wait += loader.wait_time().as_secs_f64();
+            self.log_epoch(epoch, &loader)?;
+            skip = 0;
+        }
+        Ok(())
+    }
+
+    /// Whether any rank received a stop signal (all ranks agree, so all stop after the same update).
+    fn stop_requested(&self) -> Result<bool> {
+        let mut flag = [f64::from(u8::from(signals::stop_requested()))];
+        self.pg.all_reduce_f64(&mut flag)?;
+        Ok(flag[0] > 0.0)
+    }
+
+    fn log_interval(&mut self, epoch: u64, index: u64, total: u64) -> Result<()> {
+        let n = self.progress.num_updates;
+        if self.args.run.log_interval == 0 || n % self.args.run.log_interval != 0 {
+            return Ok(());
+        }
+        let values = self.current_values(&self.meters);
+        self.meters.reset();
+        self.report(RecordKind::Train, epoch, Scope::Interval { index, total }, &values)
+    }
+
+    fn log_epoch(&mut self, epoch: u64, loader: &Loader) -> Result<()> {
+        let bad = self.sum_over_ranks(loader.bad_rows() as f64)?;
+        if self.world.is_main() && bad > 0.0 {
+            self.console.info(&format!("epoch {epoch:03}: skipped {bad} bad rows (--skip-bad-rows)"));
+        }
+        let values = self.current_values(&self.epoch_meters);
+        self.report(RecordKind::Train, epoch, Scope::Epoch, &values)
+    }
+
+    fn sum_over_ranks(&self, x: f64) -> Result<f64> {
+        let mut v = [x];
+        self.pg.all_reduce_f64(&mut v)?;
+        Ok(v[0])
+    }
+
+    /// The meters plus the fields that are the state of the run, not averages.
+    fn current_values(&self, meters: &Meters) -> Vec<(String, f64)> {
+        let mut values = meters.values();
+        values.push(("num_updates".into(), self.progress.num_updates as f64));
+        values.push(("lr".into(), self.lr.lr(self.progress.num_updates)));
+        if let Some(s) = &self.scaler {
+            values.push(("loss_scale".into(), s.scale()));
+        }
+        values.push(("wall".into(), self.started.elapsed().as_secs_f64()));
+        values
+    }
+
+    /// Prints on rank 0 and appends to metrics.jsonl.
+    fn report(&mut self, kind: RecordKind, epoch: u64, scope: Scope, values: &[(String, f64)]) -> Result<()> {
+        if let Some(metrics) = &mut self.metrics {
+            self.console.report(epoch, scope, values);
+            metrics.write(kind, epoch, self.progress.num_updates, scope, values)?;
+        }
+        Ok(())
+    }
+
+    /// Validates and saves at the reference's points (§6.9); a stop request
+    /// saves `checkpoint_last` without validating.
+    fn validate_and_save(&mut self, end_of_epoch: bool, stop: bool) -> Result<()> {
+        let (epoch, n) = (self.progress.epoch, self.progress.num_updates);
+        let ck = &self.args.checkpoint;
+        let save = checkpoint::should_save(ck, epoch, n, end_of_epoch);
+        let ev = &self.args.eval;
+        let validate = !stop
+            && (save
+                || (end_of_epoch && ev.validate_interval > 0 && epoch % ev.validate_interval == 0)
+                || (ev.validate_interval_updates > 0 && n > 0 && n % ev.validate_interval_updates == 0));
+        let metric = if validate { Some(self.validate()?) } else { None };
+        if (save || stop) && self.world.is_main() {
+            let mut state = self.checkpoint_state();
+            let written = self.saver.save(&mut state, metric.flatten())?;
+            self.progress.best = self.saver.best();
+            let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+            self.console.info(&format!("saved {} (epoch {epoch}, {n} updates)", names.join(", ")));
+        }
+        Ok(())
+    }
+
+    fn validate(&mut self) -> Result<Option<f64>> {
+        let result = self.validator.run(&self.model, &self.criterion, &self.pg, self.device, self.precision)?;
+        if self.world.is_main() {
+            let path = self.args.checkpoint.save_dir.join("predictions.jsonl");
+            crate::eval::prediction::write_jsonl(&path, &result.predictions)?;
+        }
+        let mut values = result.values;
+        values.push(("num_updates".into(), self.progress.num_updates as f64));
+        let best_key = format!("best_{}", self.args.checkpoint.best_checkpoint_metric);
+        let metric = values.iter().find(|(k, _)| *k == self.args.checkpoint.best_checkpoint_metric).map(|(_, v)| *v);
+        let best = match (self.saver.best(), metric) {
+            (Some(b), Some(m)) if self.args.checkpoint.maximize_best_checkpoint_metric => Some(b.max(m)),
+            (Some(b), Some(m)) => Some(b.min(m)),
+            (b, m) => b.or(m),
+        };
+        if let Some(best) = best {
+            values.push((best_key, best));
+        }
+        self.report(RecordKind::Valid, self.progress.epoch, Scope::Valid, &values)?;
+        Ok(metric)
+    }
+
+    fn checkpoint_state(&self) -> CheckpointState {
+        let mut model: Vec<(String, Tensor)> =
+            self.vs.variables().into_iter().map(|(k, t)| (k, t.detach())).collect();
+        model.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut progress = self.progress.clone();
+        progress.previous_training_time += self.started.elapsed().as_secs_f64();
+        CheckpointState {
+            model,
+            optimizer: Some(self.adam.state()),
+            loss_scaler: self.scaler.as_ref().map(|s| s.state().clone()),
+            progress,
+            rng: RngState { seed: self.args.run.seed, counters: Default::default() },
+            config: serde_json::to_value(&self.args).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+fn shallow_clones(named: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
+}
+
+/// The model configuration: `--arch` and the model flags, with the image
+/// size, bins and lengths of the data flags.
+pub(crate) fn model_config(args: &TrainArgs) -> Result<OfaConfig> {
+    let mut cfg = args.model.to_config()?;
+    cfg.patch_image_size = args.data.patch_image_size as i64;
+    cfg.num_bins = args.data.num_bins as i64;
+    cfg.max_src_length = args.data.max_src_length as i64;
+    cfg.max_tgt_length = args.data.max_tgt_length as i64;
+    Ok(cfg)
+}
+
+/// Total updates of the LR schedule: the reference's count over
+/// `--max-epoch` (§6.1), capped by `--max-update` when that is set.
+fn schedule_total(args: &TrainArgs, train_rows: u64, world_size: u64) -> u64 {
+    let per_rank = optim::batches_per_rank(train_rows, world_size, args.run.batch_size as u64);
+    let total = optim::total_num_updates(per_rank, args.run.update_freq as u64, args.run.max_epoch);
+    match args.run.max_update {
+        0 => total,
+        m => total.min(m),
+    }
+}
+
+/// Loads what the plan says into `vs`; returns the training state of an
+/// elfin checkpoint (a converted OFA checkpoint has weights only).
+fn restore(plan: &LoadPlan, vs: &mut nn::VarStore) -> Result<Option<CheckpointState>> {
+    let Some(path) = plan.path() else { return Ok(None) };
+    if is_elfin_checkpoint(path)? {
+        let state = plan.apply(checkpoint::load_checkpoint(path)?);
+        load_model_tensors(vs, &state.model, path)?;
+        return Ok(Some(state));
+    }
+    if let LoadPlan::Resume { .. } = plan {
+        bail!("{} is not an elfin checkpoint; move it away to start afresh", path.display());
+    }
+    crate::model::load_checkpoint(vs, path)?;
+    Ok(None)
+}
+
+fn is_elfin_checkpoint(path: &Path) -> Result<bool> {
+    if path.extension().is_some_and(|e| e == "pt") {
+        return Ok(false);
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    Ok(meta.metadata().as_ref().and_then(|m| m.get("format")).is_some_and(|f| f == checkpoint::FORMAT))
+}
+
+/// Copies an elfin checkpoint's `model` tensors into `vs`, strictly by name and shape.
+fn load_model_tensors(vs: &mut nn::VarStore, tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let vars = vs.variables();
+    let names: std::collections::BTreeSet<&str> = tensors.iter().map(|(k, _)| k.as_str()).collect();
+    let missing: Vec<&String> = vars.keys().filter(|k| !names.contains(k.as_str())).collect();
+    if !missing.is_empty() {
+        bail!("{} lacks {} of the model's tensors: {:?}", path.display(), missing.len(), missing);
+    }
+    tch::no_grad(|| {
+        for (name, t) in tensors {
+            let Some(var) = vars.get(name) else {
+                bail!("{} has a tensor {name} that this model does not have (different --arch?)", path.display());
+            };
+            if var.size() != t.size() {
+                bail!("{}: {name} has shape {:?}, the model {:?}", path.display(), t.size(), var.size());
+            }
+            var.shallow_clone().copy_(t);
+        }
+        Ok(())
+    })
+}
