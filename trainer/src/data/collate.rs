@@ -5,7 +5,7 @@ use super::dictionary::Dictionary;
 use super::image::Normalize;
 use super::{Batch, Sample};
 use crate::model::NetInput;
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 /// Right-pads `rows` with `pad` to the longest: an i64 `[B, T]` tensor.
 pub fn pad_tokens(rows: &[&[i64]], pad: i64) -> Tensor {
@@ -32,17 +32,21 @@ pub fn collate(samples: &[Sample], norm: &Normalize) -> Batch {
     let (w, h) = samples[0].image.dimensions();
     let plane = 3 * (w * h) as usize;
     let table = norm.table();
-    let mut pixels = vec![0f32; samples.len() * plane];
+    let b = samples.len() as i64;
+    let patch_images = Tensor::empty([b, 3, h as i64, w as i64], (Kind::Float, Device::Cpu));
+    // SAFETY: `patch_images` is a new contiguous f32 CPU tensor of exactly
+    // `samples.len() * plane` elements that nothing else references yet;
+    // writing into it directly saves copying a batch of images (tens of MB).
+    let pixels = unsafe { std::slice::from_raw_parts_mut(patch_images.data_ptr() as *mut f32, samples.len() * plane) };
     for (s, out) in samples.iter().zip(pixels.chunks_mut(plane)) {
         assert_eq!(s.image.dimensions(), (w, h), "all images of a batch have the patch size");
         norm.write_chw(&table, &s.image, out);
     }
-    let b = samples.len() as i64;
     Batch {
         net_input: NetInput {
             src_tokens: pad_tokens(&src, pad),
             src_lengths: Tensor::from_slice(&src_lengths),
-            patch_images: Tensor::from_slice(&pixels).view([b, 3, h as i64, w as i64]),
+            patch_images,
             patch_masks: Tensor::from_slice(&vec![true; samples.len()]),
             prev_output_tokens: pad_tokens(&prev, pad),
         },

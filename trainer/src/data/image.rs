@@ -22,7 +22,7 @@ pub fn decode_base64(field: &str) -> Result<Vec<u8>> {
         .map_err(|e| anyhow!("invalid base64 ({e})"))
 }
 
-/// Decodes JPEG, PNG and the other formats the `image` crate reads, to
+/// Decodes JPEG (libjpeg-turbo), PNG and the other formats the `image` crate reads, to
 /// 8-bit RGB: grey is replicated, alpha dropped without compositing (as PIL).
 /// No EXIF orientation is applied (neither does the reference).
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
@@ -33,29 +33,49 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
     Ok(img.to_rgb8())
 }
 
-/// JPEG through `jpeg-decoder`, whose fancy chroma upsampling follows
-/// libjpeg's (the reference decodes with libjpeg-turbo), so pixels agree
-/// within ±1.
+/// JPEG through libjpeg-turbo's decoder (vendored by `mozjpeg`): the
+/// reference's PIL decodes with libjpeg-turbo too (islow IDCT, fancy
+/// upsampling), so the pixels are the same. libjpeg reports fatal errors by
+/// unwinding (without the panic hook), which is caught here; a truncated
+/// file only warns and decodes, as PIL's `LOAD_TRUNCATED_IMAGES` allows.
 fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
-    use jpeg_decoder::PixelFormat;
-    let mut decoder = jpeg_decoder::Decoder::new(bytes);
-    let pixels = decoder.decode().map_err(|e| anyhow!("the JPEG image does not decode ({e})"))?;
-    let info = decoder.info().ok_or_else(|| anyhow!("the JPEG image has no frame header"))?;
-    let rgb: Vec<u8> = match info.pixel_format {
-        PixelFormat::RGB24 => pixels,
-        PixelFormat::L8 => pixels.iter().flat_map(|&g| [g, g, g]).collect(),
-        PixelFormat::L16 => pixels.chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
-        // PIL's CMYK → RGB: each channel 255 − min(255, C + K).
-        PixelFormat::CMYK32 => pixels
-            .chunks_exact(4)
-            .flat_map(|p| {
-                let k = p[3] as u16;
-                [0, 1, 2].map(|c| 255 - (p[c] as u16 + k).min(255) as u8)
-            })
-            .collect(),
+    use mozjpeg::decompress::Format;
+    let decode = || -> std::io::Result<(usize, usize, Vec<u8>)> {
+        let image = mozjpeg::Decompress::new_mem(bytes)?.image()?;
+        Ok(match image {
+            Format::RGB(mut d) => (d.width(), d.height(), d.read_scanlines::<u8>()?),
+            Format::Gray(mut d) => {
+                let grey = d.read_scanlines::<u8>()?;
+                (d.width(), d.height(), grey.iter().flat_map(|&g| [g, g, g]).collect())
+            }
+            // Adobe CMYK is stored inverted; PIL reads it back, then converts
+            // each channel to 255 − min(255, C + K).
+            Format::CMYK(mut d) => {
+                let raw = d.read_scanlines::<u8>()?;
+                let rgb = raw
+                    .chunks_exact(4)
+                    .flat_map(|p| {
+                        let k = 255 - p[3] as u16;
+                        [0, 1, 2].map(|c| 255 - (255 - p[c] as u16 + k).min(255) as u8)
+                    })
+                    .collect();
+                (d.width(), d.height(), rgb)
+            }
+        })
     };
-    RgbImage::from_raw(info.width as u32, info.height as u32, rgb)
-        .ok_or_else(|| anyhow!("the JPEG image's pixel count does not match its size"))
+    let (w, h, rgb) = match std::panic::catch_unwind(decode) {
+        Ok(Ok(decoded)) => decoded,
+        Ok(Err(e)) => return Err(anyhow!("the JPEG image does not decode ({e})")),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "libjpeg error".into());
+            return Err(anyhow!("the JPEG image does not decode ({msg})"));
+        }
+    };
+    RgbImage::from_raw(w as u32, h as u32, rgb).ok_or_else(|| anyhow!("the JPEG image's pixel count does not match its size"))
 }
 
 /// Per-channel mean and std of the model's input normalisation.
@@ -91,10 +111,12 @@ impl Normalize {
     pub fn write_chw(&self, table: &[[f32; 256]; 3], img: &RgbImage, out: &mut [f32]) {
         let plane = (img.width() * img.height()) as usize;
         assert_eq!(out.len(), 3 * plane, "output buffer does not fit the image");
-        for (i, px) in img.pixels().enumerate() {
-            for c in 0..3 {
-                out[c * plane + i] = table[c][px.0[c] as usize];
-            }
+        let (r, rest) = out.split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        for (((px, r), g), b) in img.as_raw().chunks_exact(3).zip(r).zip(g).zip(b) {
+            *r = table[0][px[0] as usize];
+            *g = table[1][px[1] as usize];
+            *b = table[2][px[2] as usize];
         }
     }
 }

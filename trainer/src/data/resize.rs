@@ -61,37 +61,53 @@ fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
     Coeffs { start, weights }
 }
 
-fn clip8(acc: i64) -> u8 {
+fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Resamples along one axis. `horizontal` picks the axis; the other one is kept.
-fn pass(src: &RgbImage, out_len: usize, horizontal: bool) -> RgbImage {
+/// Sums of u8 × 22-bit weights stay far below 2^31 (weights sum to 2^22), so
+/// i32 accumulates exactly, as in Pillow.
+const HALF: i32 = 1 << (PRECISION_BITS - 1);
+
+fn horizontal(src: &RgbImage, out_w: usize) -> RgbImage {
     let (w, h) = (src.width() as usize, src.height() as usize);
-    let (out_w, out_h) = if horizontal { (out_len, h) } else { (w, out_len) };
-    let c = coeffs(if horizontal { w } else { h }, out_len);
-    let input = src.as_raw();
-    let mut out = vec![0u8; out_w * out_h * 3];
-    for y in 0..out_h {
-        for x in 0..out_w {
-            let (o, fixed) = if horizontal { (x, y) } else { (y, x) };
-            let ws = &c.weights[o];
-            let first = c.start[o];
-            let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
-            for (k, &wk) in ws.iter().enumerate() {
-                let (sx, sy) = if horizontal { (first + k, fixed) } else { (fixed, first + k) };
-                let p = (sy * w + sx) * 3;
-                for ch in 0..3 {
-                    acc[ch] += input[p + ch] as i64 * wk as i64;
-                }
+    let c = coeffs(w, out_w);
+    let mut out = vec![0u8; out_w * h * 3];
+    for (in_row, out_row) in src.as_raw().chunks_exact(w * 3).zip(out.chunks_exact_mut(out_w * 3)) {
+        for (x, px) in out_row.chunks_exact_mut(3).enumerate() {
+            let taps = &in_row[c.start[x] * 3..(c.start[x] + c.weights[x].len()) * 3];
+            let mut acc = [HALF; 3];
+            for (p, &wk) in taps.chunks_exact(3).zip(&c.weights[x]) {
+                acc[0] += p[0] as i32 * wk;
+                acc[1] += p[1] as i32 * wk;
+                acc[2] += p[2] as i32 * wk;
             }
-            let q = (y * out_w + x) * 3;
-            for ch in 0..3 {
-                out[q + ch] = clip8(acc[ch]);
-            }
+            px.copy_from_slice(&acc.map(clip8));
         }
     }
-    RgbImage::from_raw(out_w as u32, out_h as u32, out).expect("buffer sized for the image")
+    RgbImage::from_raw(out_w as u32, h as u32, out).expect("buffer sized for the image")
+}
+
+fn vertical(src: &RgbImage, out_h: usize) -> RgbImage {
+    let (w, h) = (src.width() as usize, src.height() as usize);
+    let c = coeffs(h, out_h);
+    let row_len = w * 3;
+    let input = src.as_raw();
+    let mut out = vec![0u8; out_h * row_len];
+    let mut acc = vec![0i32; row_len];
+    for (y, out_row) in out.chunks_exact_mut(row_len).enumerate() {
+        acc.fill(HALF);
+        for (k, &wk) in c.weights[y].iter().enumerate() {
+            let row = &input[(c.start[y] + k) * row_len..][..row_len];
+            for (a, &p) in acc.iter_mut().zip(row) {
+                *a += p as i32 * wk;
+            }
+        }
+        for (o, &a) in out_row.iter_mut().zip(&acc) {
+            *o = clip8(a);
+        }
+    }
+    RgbImage::from_raw(w as u32, out_h as u32, out).expect("buffer sized for the image")
 }
 
 /// `img.resize((out_w, out_h), Image.BICUBIC)` as Pillow 13 computes it.
@@ -104,9 +120,9 @@ pub fn resize_bicubic(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
     let vertical_first = out_w > w && out_h < h;
     match (need_h, need_v) {
         (false, false) => img.clone(),
-        (true, false) => pass(img, out_w as usize, true),
-        (false, true) => pass(img, out_h as usize, false),
-        (true, true) if vertical_first => pass(&pass(img, out_h as usize, false), out_w as usize, true),
-        (true, true) => pass(&pass(img, out_w as usize, true), out_h as usize, false),
+        (true, false) => horizontal(img, out_w as usize),
+        (false, true) => vertical(img, out_h as usize),
+        (true, true) if vertical_first => horizontal(&vertical(img, out_h as usize), out_w as usize),
+        (true, true) => vertical(&horizontal(img, out_w as usize), out_h as usize),
     }
 }
