@@ -337,6 +337,32 @@ fn grad_sync_matches_single_process_on_three_ranks() {
     assert_ranks_ok(&out, "grad sync", 3);
 }
 
+/// Rank 1 builds a differently shaped model: both broadcasts refuse, on
+/// every rank, instead of failing inside MPI or hanging.
+fn mismatched_models(world: &World) -> Result<()> {
+    let (pg, _) = setup(world)?;
+    let vs = VarStore::new(Device::Cpu);
+    let width = if world.rank == 1 { 4 } else { 3 };
+    let _ = vs.root().var("w", &[2, width], nn::Init::Const(1.0));
+    let expected = "rank 1 has different";
+    let err = broadcast_var_store(&pg, &vs).err().context("broadcast_var_store accepted different models")?;
+    ensure!(err.to_string().contains(expected), "unexpected message: {err}");
+    let sync = GradSync::from_var_store(&vs, 1 << 20)?;
+    let err = sync.broadcast_parameters(&pg).err().context("broadcast_parameters accepted different models")?;
+    ensure!(err.to_string().contains(expected), "unexpected message: {err}");
+    println!("mismatch refused ok on rank {} of {}", world.rank, world.size);
+    Ok(())
+}
+
+#[test]
+fn ranks_with_different_models_are_refused() {
+    if is_child() {
+        return rank_main(mismatched_models);
+    }
+    let (out, _) = launch("ranks_with_different_models_are_refused", 2, &[], Duration::from_secs(120));
+    assert_ranks_ok(&out, "mismatch refused", 2);
+}
+
 // ------------------------------------- ranks × update-freq invariance
 
 /// Trains 4 Adam updates with this world's size and `ELFIN_UPDATE_FREQ`
@@ -552,4 +578,89 @@ fn mpi_on_cuda_tensors_two_ranks() {
     let (out, _) = launch("mpi_on_cuda_tensors_two_ranks", 2, &cuda_env("mpi"), Duration::from_secs(180));
     assert_ranks_ok(&out, "collectives", 2);
     assert_ranks_ok(&out, "grad sync", 2);
+}
+
+// ------------------------------------------------- one process, no MPI
+
+#[test]
+fn single_process_sync_normalises_and_keeps_gradients_in_buckets() {
+    if is_child() {
+        return;
+    }
+    let pg = ProcessGroup::single();
+    assert_eq!(pg.backend(), BackendKind::Single);
+    tch::manual_seed(3);
+    let vs = VarStore::new(Device::Cpu);
+    let model = Model::new(&vs);
+    // In bytes: l1.bias 32 | l1.weight 192 (over the cap: alone) | l2.bias 12
+    // | l2.weight 96 | never 16 + side 12, with 100-byte buckets.
+    let mut sync = GradSync::from_var_store(&vs, 100).unwrap();
+    let names: Vec<&str> = sync.named_parameters().map(|(n, _)| n).collect();
+    assert_eq!(names, ["l1.bias", "l1.weight", "l2.bias", "l2.weight", "never", "side"]);
+    assert_eq!(sync.num_buckets(), 5);
+    let named = trainable_named(&vs);
+    let expected = |update: i64| -> Vec<Option<Tensor>> {
+        let mut ref_vs = VarStore::new(Device::Cpu);
+        let ref_model = Model::new(&ref_vs);
+        ref_vs.copy(&vs).unwrap();
+        ref_model.loss(update, 0..GLOBAL_BATCH).backward();
+        trainable_named(&ref_vs).iter().map(|(_, t)| Some(t.grad()).filter(Tensor::defined).map(|g| g / 4.0)).collect()
+    };
+    for update in 0..3 {
+        let want = expected(update);
+        if update == 2 {
+            // Gradients set to none (as libtorch's optimisers do) are
+            // rebuilt as bucket views.
+            let mut opt = nn::Sgd::default().build(&vs, 0.0).unwrap();
+            opt.zero_grad();
+        } else {
+            named.iter().for_each(|(_, t)| t.shallow_clone().zero_grad());
+        }
+        model.loss(update, 0..GLOBAL_BATCH).backward();
+        sync.sync(&pg, 4.0).unwrap();
+        for ((name, p), want) in named.iter().zip(&want) {
+            match want {
+                None => assert!(!p.grad().defined(), "`{name}` should have no gradient"),
+                Some(w) => assert!(allclose(&p.grad(), w, 1e-6), "`{name}` at update {update}"),
+            }
+        }
+        assert_eq!(sync.grads_in_buckets(), 5, "update {update}: every used parameter's gradient is a bucket view");
+    }
+    assert!(sync.sync(&pg, 0.0).is_err(), "a zero sample size must be refused");
+}
+
+#[test]
+fn dist_flags_parse_with_defaults() {
+    if is_child() {
+        return;
+    }
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        dist: DistArgs,
+    }
+    let cli = Cli::try_parse_from(["t"]).unwrap();
+    assert_eq!(cli.dist.ddp_backend, DdpBackend::Auto);
+    assert_eq!(cli.dist.bucket_cap_bytes(), 25_000_000);
+    assert_eq!(cli.dist.collective_timeout, 1800.0);
+    assert!(!cli.dist.consistency_due(100));
+    let cli = Cli::try_parse_from([
+        "t",
+        "--ddp-backend",
+        "nccl",
+        "--bucket-cap-mb",
+        "0.5",
+        "--collective-timeout",
+        "60",
+        "--check-consistency",
+        "10",
+        "--find-unused-parameters",
+    ])
+    .unwrap();
+    assert_eq!(cli.dist.ddp_backend, DdpBackend::Nccl);
+    assert_eq!(cli.dist.bucket_cap_bytes(), 500_000);
+    assert!(cli.dist.consistency_due(20) && !cli.dist.consistency_due(25) && !cli.dist.consistency_due(0));
+    assert!(Cli::try_parse_from(["t", "--bucket-cap-mb", "0"]).is_err());
+    assert!(Cli::try_parse_from(["t", "--ddp-backend", "gloo"]).is_err());
 }

@@ -91,15 +91,9 @@ impl GradSync {
     /// Checks that every rank has the same parameter list (names, shapes,
     /// dtypes), then gives every rank rank 0's parameter values.
     pub fn broadcast_parameters(&self, pg: &ProcessGroup) -> Result<()> {
-        let signature = layout_signature(self.params.iter().map(|p| (p.name.as_str(), &p.tensor)));
-        let all = pg.all_gather_u64(&[signature])?;
-        if let Some(rank) = all.iter().position(|&s| s != all[0]) {
-            bail!(
-                "rank {rank} has a different list of trainable parameters (names, shapes or dtypes) than rank 0; \
-                 every rank must build the same model with the same frozen parameters"
-            );
-        }
-        broadcast_tensors(pg, self.params.iter().map(|p| &p.tensor), 0)
+        let named = || self.params.iter().map(|p| (p.name.as_str(), &p.tensor));
+        ensure_same_layout(pg, named(), "trainable parameters")?;
+        broadcast_tensors(pg, named().map(|(_, t)| t), 0)
     }
 
     /// How many parameters' gradients currently live in the buckets (those
@@ -194,17 +188,26 @@ impl GradSync {
     }
 }
 
-/// A hash of the names, shapes and dtypes of a parameter list.
-fn layout_signature<'a>(params: impl Iterator<Item = (&'a str, &'a Tensor)>) -> u64 {
+/// Fails on every rank unless all ranks hold tensors of the same names,
+/// shapes and dtypes in the same order (a broadcast of mismatched tensors
+/// would fail inside MPI or NCCL, or hang).
+fn ensure_same_layout<'a>(pg: &ProcessGroup, named: impl Iterator<Item = (&'a str, &'a Tensor)>, what: &str) -> Result<()> {
     let mut h = Hasher64::new();
-    for (name, t) in params {
+    for (name, t) in named {
         h.write(name.as_bytes());
         for d in t.size() {
             h.write(&d.to_le_bytes());
         }
         h.write(format!("{:?}", t.kind()).as_bytes());
     }
-    h.finish()
+    let all = pg.all_gather_u64(&[h.finish()])?;
+    if let Some(rank) = all.iter().position(|&s| s != all[0]) {
+        bail!(
+            "rank {rank} has different {what} (names, shapes or dtypes) than rank 0; \
+             every rank must build the same model with the same frozen parameters"
+        );
+    }
+    Ok(())
 }
 
 /// Broadcasts each tensor from `root` to every rank, in place.
@@ -215,11 +218,13 @@ pub fn broadcast_tensors<'a>(pg: &ProcessGroup, tensors: impl IntoIterator<Item 
     pg.wait()
 }
 
-/// Broadcasts every variable of `vs` (trainable, frozen and buffers) from
-/// rank 0, in name order.
+/// Checks that every rank has the same variables, then broadcasts every
+/// variable of `vs` (trainable, frozen and buffers) from rank 0, in name
+/// order.
 pub fn broadcast_var_store(pg: &ProcessGroup, vs: &VarStore) -> Result<()> {
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
+    ensure_same_layout(pg, named.iter().map(|(n, t)| (n.as_str(), t)), "variables")?;
     broadcast_tensors(pg, named.iter().map(|(_, t)| t), 0)
 }
 

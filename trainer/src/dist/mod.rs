@@ -90,7 +90,7 @@ impl DistArgs {
     /// Whether the parameter checksum should be compared after `num_updates`
     /// completed updates.
     pub fn consistency_due(&self, num_updates: u64) -> bool {
-        self.check_consistency > 0 && num_updates > 0 && num_updates % self.check_consistency == 0
+        self.check_consistency > 0 && num_updates > 0 && num_updates.is_multiple_of(self.check_consistency)
     }
 }
 
