@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use elfin_trainer::checkpoint::{
-    load_checkpoint, save_checkpoint, CheckpointArgs, CheckpointSaver, CheckpointState, Progress, RngState, LAST,
+    is_elfin_checkpoint, load_checkpoint, save_checkpoint, CheckpointArgs, CheckpointSaver, CheckpointState, Progress, RngState, LAST,
 };
 use elfin_trainer::optim::adam::Moments;
 use elfin_trainer::optim::{AdamState, LossScalerState};
@@ -109,6 +109,14 @@ fn round_trip_is_bit_exact_with_all_metadata() {
     assert!(names.contains(&"model.encoder.layers.0.fc1.weight".to_string()));
     assert!(names.contains(&"optimizer.exp_avg.encoder.layers.0.fc1.weight".to_string()));
     assert!(names.contains(&"optimizer.exp_avg_sq.encoder.layers.0.fc1.weight".to_string()));
+    assert!(is_elfin_checkpoint(&path).unwrap());
+    // A damaged (truncated) file is refused with a message, not misread.
+    let truncated = dir.path().join("truncated.safetensors");
+    let full = std::fs::read(&path).unwrap();
+    std::fs::write(&truncated, &full[..full.len() - 1]).unwrap();
+    let err = format!("{:#}", load_checkpoint(&truncated).err().expect("truncated file refused"));
+    assert!(err.contains("truncated"), "{err}");
+    std::fs::remove_file(&truncated).unwrap();
     // No temporary file is left behind.
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from(LAST)]);
@@ -124,6 +132,7 @@ fn weights_only_files_load_as_model_tensors() {
     assert_eq!(loaded.model.len(), 1);
     assert_eq!(loaded.model[0].0, "decoder.embed_tokens.weight");
     assert!(loaded.optimizer.is_none() && loaded.loss_scaler.is_none());
+    assert!(!is_elfin_checkpoint(&path).unwrap());
     assert_eq!(loaded.progress, Progress::default());
 
     std::fs::write(&path, b"not a checkpoint").unwrap();

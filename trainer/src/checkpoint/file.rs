@@ -8,16 +8,19 @@ use crate::optim::adam::Moments;
 use crate::optim::{AdamState, LossScalerState};
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, View};
-use safetensors::SafeTensors;
+use safetensors::tensor::{Metadata, TensorInfo};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 const MODEL: &str = "model.";
+/// The safetensors format's own limit on the header size.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
 const EXP_AVG: &str = "optimizer.exp_avg.";
 const EXP_AVG_SQ: &str = "optimizer.exp_avg_sq.";
 
@@ -130,28 +133,79 @@ pub fn save_checkpoint(path: &Path, state: &CheckpointState) -> Result<()> {
     })
 }
 
-/// Reads a checkpoint written by [`save_checkpoint`]. A safetensors file
+/// The parsed header of a safetensors file.
+struct Header {
+    metadata: HashMap<String, String>,
+    /// Tensors in file order.
+    tensors: Vec<(String, TensorInfo)>,
+    /// File offset of the first data byte.
+    data_start: u64,
+}
+
+fn read_header(file: &mut File, path: &Path) -> Result<Header> {
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .with_context(|| format!("{} is too short to be a safetensors file", path.display()))?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER_BYTES {
+        bail!("{} is not a safetensors file (header length {n})", path.display());
+    }
+    let mut text = vec![0u8; n as usize];
+    file.read_exact(&mut text)
+        .with_context(|| format!("{} is truncated inside its header", path.display()))?;
+    let parsed: Metadata = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a safetensors file (unreadable header)", path.display()))?;
+    let metadata = parsed.metadata().clone().unwrap_or_default();
+    let mut tensors: Vec<(String, TensorInfo)> = parsed.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();
+    tensors.sort_by_key(|(_, info)| info.data_offsets);
+    Ok(Header { metadata, tensors, data_start: 8 + n })
+}
+
+/// Whether `path` is a checkpoint written by this elfin (reads only the header).
+pub fn is_elfin_checkpoint(path: &Path) -> Result<bool> {
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let header = read_header(&mut file, path)?;
+    Ok(header.metadata.get(meta::FORMAT).is_some_and(|f| f == FORMAT))
+}
+
+/// Reads a checkpoint written by [`save_checkpoint`], one tensor at a time
+/// (peak memory: the tensors plus one tensor's bytes). A safetensors file
 /// without elfin's metadata (e.g. converted pretrained weights) loads as
 /// model tensors only, names as stored (a `model.` prefix is removed).
 pub fn load_checkpoint(path: &Path) -> Result<CheckpointState> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{} is not a readable safetensors file (truncated or not a checkpoint?)", path.display()))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)?;
-    let metadata = header.metadata().clone().unwrap_or_default();
-    let ours = metadata.get(meta::FORMAT).map(String::as_str);
-    if let Some(format) = ours {
+    let mut file = File::open(path).with_context(|| format!("cannot open checkpoint {}", path.display()))?;
+    let Header { metadata, tensors, data_start } = read_header(&mut file, path)?;
+    if let Some(format) = metadata.get(meta::FORMAT) {
         if format != FORMAT {
             bail!("{} has checkpoint format {format:?}; this elfin reads {FORMAT:?}", path.display());
         }
     }
+    let file_len = file.metadata()?.len();
+    let data_len = tensors.last().map_or(0, |(_, info)| info.data_offsets.1 as u64);
+    if data_start + data_len != file_len {
+        bail!(
+            "{} is {file_len} bytes but its header describes {} (truncated or damaged; \
+             an interrupted save never leaves such a file, so it was copied or edited)",
+            path.display(),
+            data_start + data_len
+        );
+    }
     let mut model = Vec::new();
     let mut exp_avg = BTreeMap::new();
     let mut exp_avg_sq = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        let size: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let kind = kind_of(view.dtype()).with_context(|| format!("{}: tensor {name}", path.display()))?;
-        let tensor = Tensor::f_from_data_size(view.data(), &size, kind)
+    for (name, info) in tensors {
+        let kind = kind_of(info.dtype).with_context(|| format!("{}: tensor {name}", path.display()))?;
+        let size: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        let (begin, end) = info.data_offsets;
+        let expected = info.shape.iter().product::<usize>() * kind.elt_size_in_bytes();
+        if end < begin || end - begin != expected {
+            bail!("{}: tensor {name} has {} data bytes for shape {:?} {kind:?}", path.display(), end.wrapping_sub(begin), info.shape);
+        }
+        let mut bytes = vec![0u8; expected];
+        file.seek(SeekFrom::Start(data_start + begin as u64))
+            .and_then(|_| file.read_exact(&mut bytes))
+            .with_context(|| format!("{}: cannot read tensor {name}", path.display()))?;
+        let tensor = Tensor::f_from_data_size(&bytes, &size, kind)
             .with_context(|| format!("{}: cannot load tensor {name}", path.display()))?;
         if let Some(n) = name.strip_prefix(EXP_AVG) {
             exp_avg.insert(n.to_string(), tensor);
