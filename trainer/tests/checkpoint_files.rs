@@ -242,3 +242,23 @@ fn saver_writes_last_best_interval_and_keeps_one_best() {
     let interval = load_checkpoint(&dir.path().join("checkpoint_1_1000.safetensors")).unwrap();
     assert_eq!((interval.progress.best, interval.progress.metric), (Some(1.25), Some(1.1)));
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU; run by scripts/gpu-check.sh"]
+fn cuda_tensors_save_and_load_bit_exact() {
+    assert!(tch::Cuda::is_available(), "no CUDA device visible to libtorch");
+    let cuda = tch::Device::Cuda(0);
+    let model = vec![
+        ("w".to_string(), Tensor::randn([257, 33], (Kind::Float, cuda))),
+        ("h".to_string(), Tensor::randn([64], (Kind::Float, cuda)).to_kind(Kind::Half)),
+        ("t".to_string(), Tensor::randn([8, 4], (Kind::Float, cuda)).tr()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(LAST);
+    save_checkpoint(&path, &state(7, model.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect())).unwrap();
+    let loaded = load_checkpoint(&path).unwrap();
+    for (name, t) in &model {
+        let (_, got) = loaded.model.iter().find(|(n, _)| n == name).unwrap();
+        assert_eq!(bytes(got), bytes(&t.to_device(tch::Device::Cpu)), "{name}");
+    }
+}

@@ -191,3 +191,33 @@ fn default_window_follows_world_size_and_update_freq() {
     assert_eq!(default_scale_window(4, 4), 1024);
     assert_eq!(default_scale_window(1, 1), 16384);
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU; run by scripts/gpu-check.sh"]
+fn adam_and_clipping_on_cuda_match_the_cpu() {
+    assert!(tch::Cuda::is_available(), "no CUDA device visible to libtorch");
+    tch::manual_seed(11);
+    let start = Tensor::randn([4096], (Kind::Float, tch::Device::Cpu));
+    let grads: Vec<Tensor> = (0..3).map(|_| Tensor::randn([4096], (Kind::Float, tch::Device::Cpu)) * 3.0).collect();
+    let run = |device: tch::Device| {
+        let p = start.to_device(device).copy().set_requires_grad(true);
+        let named = vec![("w".to_string(), p.shallow_clone())];
+        let mut adam = Adam::with_hyperparameters(0.9, 0.999, 1e-8, 0.01);
+        let mut norms = Vec::new();
+        for (i, g) in grads.iter().enumerate() {
+            p.shallow_clone().zero_grad();
+            (&p * g.to_device(device)).sum(Kind::Float).backward();
+            let out = clip_grad_norm(&[p.grad()], 1.0, 0.5, ClipRule::Exact);
+            norms.push(out.gnorm);
+            adam.step(&named, 1e-3 * (i + 1) as f64).unwrap();
+        }
+        (p.detach().to_device(tch::Device::Cpu), norms)
+    };
+    let (cpu, cpu_norms) = run(tch::Device::Cpu);
+    let (gpu, gpu_norms) = run(tch::Device::Cuda(0));
+    let diff = (&cpu - &gpu).abs().max().double_value(&[]);
+    assert!(diff < 1e-6, "CPU and CUDA parameters differ by {diff}");
+    for (a, b) in cpu_norms.iter().zip(&gpu_norms) {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "norms {a} vs {b}");
+    }
+}
