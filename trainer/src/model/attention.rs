@@ -67,7 +67,10 @@ impl MultiheadAttention {
     pub fn forward(&self, query: &Tensor, kv: &KeyValue, bias: &Tensor, train: bool) -> Tensor {
         let (b, tq, c) = query.size3().expect("attention query must be [B, T, C]");
         let q = split_heads(&self.q_proj.forward(query), self.heads) * self.scaling;
-        let scores = q.matmul(&kv.key.transpose(-1, -2)) + bias;
+        let scores = q.matmul(&kv.key.transpose(-1, -2));
+        // In the scores' precision, as the reference's half-precision model
+        // adds its half-precision bias; the softmax itself runs in float32.
+        let scores = &scores + bias.to_kind(scores.kind());
         let probs = scores.softmax(-1, Kind::Float).to_kind(scores.kind()).dropout(self.dropout, train);
         let mut out = probs.matmul(&kv.value);
         if let Some(scale) = &self.head_scale {
