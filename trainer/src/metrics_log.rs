@@ -233,9 +233,8 @@ pub enum Scope {
 pub fn console_line(epoch: u64, scope: Scope, values: &[(String, f64)]) -> String {
     match scope {
         Scope::Interval { index, total } => {
-            let width = total.to_string().len();
             let stats: Vec<String> = values.iter().map(|(k, v)| format!("{k}={}", format_value(k, *v))).collect();
-            format!("epoch {epoch:03}: {index:>width$} / {total} {}", stats.join(", "))
+            format!("epoch {epoch:03}:  {index:>5} / {total} {}", stats.join(", "))
         }
         Scope::Epoch | Scope::Valid => {
             let mut parts = vec![format!("epoch {epoch:03}")];

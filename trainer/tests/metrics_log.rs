@@ -52,7 +52,7 @@ fn console_lines_look_like_fairseq_simple_format() {
     ];
     assert_eq!(
         console_line(1, Scope::Interval { index: 10, total: 4428 }, &values),
-        "epoch 001:   10 / 4428 loss=1.235, ppl=5.43, cider=1.403, num_updates=10, lr=1.88324e-07, loss_scale=128"
+        "epoch 001:     10 / 4428 loss=1.235, ppl=5.43, cider=1.403, num_updates=10, lr=1.88324e-07, loss_scale=128"
     );
     assert_eq!(
         console_line(2, Scope::Valid, &values[..3]),
