@@ -664,3 +664,19 @@ fn dist_flags_parse_with_defaults() {
     assert!(Cli::try_parse_from(["t", "--bucket-cap-mb", "0"]).is_err());
     assert!(Cli::try_parse_from(["t", "--ddp-backend", "gloo"]).is_err());
 }
+
+#[test]
+fn nccl_library_loads_where_present() {
+    if is_child() {
+        return;
+    }
+    if !elfin_kernels::cuda_probe::nccl_available() {
+        eprintln!("no libnccl here; nothing to check");
+        return;
+    }
+    // The wheel's NCCL has only the soname libnccl.so.2, which cudarc's own
+    // loader does not try.
+    let version = elfin_trainer::dist::nccl_version().expect("NCCL loads");
+    eprintln!("NCCL {version}");
+    assert!(version.starts_with("2."), "unexpected NCCL version {version}");
+}

@@ -230,6 +230,10 @@ impl MpiComm {
         if total > i32::MAX as u64 {
             bail!("all_gather_bytes: {total} bytes in all exceed what one MPI call can gather (2 GiB)");
         }
+        if total == 0 {
+            // Open MPI rejects the dangling pointer of an empty receive buffer.
+            return Ok(vec![Vec::new(); lengths.len()]);
+        }
         let counts: Vec<c_int> = lengths.iter().map(|&l| l as c_int).collect();
         let displs: Vec<c_int> = counts.iter().scan(0, |off, &c| Some(std::mem::replace(off, *off + c))).collect();
         let mut all = vec![0u8; total as usize];
