@@ -26,7 +26,7 @@ const BATCH: usize = 8;
 fn picture(seed: u32) -> RgbImage {
     RgbImage::from_fn(480, 480, |x, y| {
         let h = (x.wrapping_mul(73856093) ^ y.wrapping_mul(19349663) ^ seed.wrapping_mul(83492791)) % 23;
-        let band = if (x / 40 + y / 60 + seed) % 3 == 0 { 60 } else { 0 };
+        let band = if (x / 40 + y / 60 + seed).is_multiple_of(3) { 60 } else { 0 };
         Rgb([
             ((x * 255 / 480) as u8).saturating_add(h as u8),
             ((y * 255 / 480) as u8).saturating_sub(h as u8).saturating_add(band),

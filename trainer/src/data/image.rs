@@ -98,13 +98,7 @@ impl Normalize {
     /// For each channel the 256 values `(k/255 − mean)/std`, computed in f32
     /// in the order ToTensor + Normalize use, so results are bit-exact.
     pub fn table(&self) -> [[f32; 256]; 3] {
-        let mut t = [[0f32; 256]; 3];
-        for c in 0..3 {
-            for k in 0..256 {
-                t[c][k] = (k as f32 / 255.0 - self.mean[c]) / self.std[c];
-            }
-        }
-        t
+        std::array::from_fn(|c| std::array::from_fn(|k| (k as f32 / 255.0 - self.mean[c]) / self.std[c]))
     }
 
     /// Writes `img` as CHW floats into `out` (length 3·h·w).

@@ -96,7 +96,7 @@ impl TsvFile {
             }
         };
         let mut tsv = TsvFile { path: path.to_path_buf(), file, offsets, selected: selected.to_vec(), num_columns: 0 };
-        if tsv.len() == 0 {
+        if tsv.is_empty() {
             bail!("{} has no rows", path.display());
         }
         tsv.num_columns = tsv.raw_line(0)?.split('\t').count();
