@@ -9,7 +9,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -194,7 +194,7 @@ fn stamp(file: &File) -> Result<Stamp> {
 
 fn scan_lines(file: &File) -> Result<Vec<u64>> {
     let mut offsets = vec![0u64];
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut reader = file;
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
     loop {
@@ -202,11 +202,7 @@ fn scan_lines(file: &File) -> Result<Vec<u64>> {
         if n == 0 {
             break;
         }
-        for (k, &b) in buf[..n].iter().enumerate() {
-            if b == b'\n' {
-                offsets.push(pos + k as u64 + 1);
-            }
-        }
+        offsets.extend(memchr::memchr_iter(b'\n', &buf[..n]).map(|k| pos + k as u64 + 1));
         pos += n as u64;
     }
     // A last line without a newline is still a row.
