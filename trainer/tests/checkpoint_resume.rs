@@ -105,6 +105,15 @@ fn save_points_and_names_follow_the_reference_flags() {
     assert_eq!(worse.best, Some(0.8512));
     let better = plan_save(&a, 2, 1886, true, Some(0.9), Some(0.8512), &kept);
     assert_eq!(better.remove, kept);
+    // Keeping two: the new value enters in order and the worst ones go.
+    let two = args(&["--keep-best-checkpoints", "2", "--best-checkpoint-metric", "score", "--maximize-best-checkpoint-metric"]);
+    let name = |v: &str| format!("checkpoint.best_score_{v}.safetensors");
+    let kept = [name("0.8000"), name("0.9000"), name("0.8500"), "checkpoint.best_cider_0.1000.safetensors".to_string()];
+    let p = plan_save(&two, 1, 10, false, Some(0.85), Some(0.9), &kept);
+    assert!(p.names.contains(&name("0.8500")));
+    assert_eq!(p.remove, [name("0.8000")]);
+    let p = plan_save(&two, 1, 10, false, Some(0.7), Some(0.9), &kept[..2]);
+    assert!(p.remove.is_empty() && p.names.len() == 1);
     // Epoch checkpoints without --no-epoch-checkpoints; lower is better by default.
     let b = args(&[]);
     let p = plan_save(&b, 3, 10, true, Some(2.0), Some(1.5), &[]);

@@ -170,7 +170,14 @@ pub fn plan_save(
             let mut kept: Vec<(f64, String)> =
                 kept_best.iter().filter_map(|n| Some((best_k_value(args, n)?, n.clone()))).collect();
             // Best first.
-            kept.sort_by(|a, b| if is_better(args, a.0, b.0) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater });
+            kept.sort_by(|a, b| {
+                let ascending = a.0.total_cmp(&b.0);
+                if args.maximize_best_checkpoint_metric {
+                    ascending.reverse()
+                } else {
+                    ascending
+                }
+            });
             let admitted = kept.len() < keep || kept.last().is_some_and(|w| is_better(args, value, w.0));
             if admitted {
                 let name = best_k_name(args, value);
