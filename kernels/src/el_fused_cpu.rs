@@ -16,7 +16,8 @@ use crate::el_plan::{plan, totals, Job, PassConsts, RowStats, RowSums, Side};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-const LANES: usize = 8;
+/// Lanes of the per-lane sums: long enough that the loop vectoriser takes each block loop.
+const LANES: usize = 64;
 
 /// Which ids of each row are allowed (nonzero bytes).
 enum Allowed<'a> {
@@ -53,6 +54,29 @@ macro_rules! with_simd {
     }};
 }
 
+/// Per-lane sums of the statistics sweep.
+struct StatsAcc {
+    sum_exp: [f64; LANES],
+    sum_z: [f64; LANES],
+    count: [f64; LANES],
+}
+
+impl StatsAcc {
+    fn new() -> Self {
+        StatsAcc { sum_exp: [0.0; LANES], sum_z: [0.0; LANES], count: [0.0; LANES] }
+    }
+
+    #[inline(always)]
+    fn add(&mut self, z: f32, mask: u8, max: f32, j: usize) {
+        let ok = mask != 0;
+        let zi = if ok { z } else { max };
+        let e = crate::el_math::exp_f32(zi - max);
+        self.sum_exp[j] += if ok { e as f64 } else { 0.0 };
+        self.sum_z[j] += if ok { zi as f64 } else { 0.0 };
+        self.count[j] += ok as u8 as f64;
+    }
+}
+
 fn row_stats(z: &[f32], mask: &[u8], target: usize) -> RowStats {
     with_simd!(row_stats_simd, fn(z: &[f32], mask: &[u8], target: usize) -> RowStats, row_stats_body(z, mask, target))
 }
@@ -63,9 +87,9 @@ fn row_stats_body(z: &[f32], mask: &[u8], target: usize) -> RowStats {
     assert_eq!(mask.len(), v);
     let full = v / LANES * LANES;
     let mut lane_max = [f32::NEG_INFINITY; LANES];
-    for c in (0..full).step_by(LANES) {
+    for (zc, mc) in z.chunks_exact(LANES).zip(mask.chunks_exact(LANES)) {
         for j in 0..LANES {
-            let zi = if mask[c + j] != 0 { z[c + j] } else { f32::NEG_INFINITY };
+            let zi = if mc[j] != 0 { zc[j] } else { f32::NEG_INFINITY };
             lane_max[j] = if zi > lane_max[j] { zi } else { lane_max[j] };
         }
     }
@@ -75,66 +99,59 @@ fn row_stats_body(z: &[f32], mask: &[u8], target: usize) -> RowStats {
             max = max.max(z[i]);
         }
     }
-    let mut sum_exp = [0f64; LANES];
-    let mut sum_z = [0f64; LANES];
-    let mut count = [0f64; LANES];
-    let mut add = |i: usize, j: usize| {
-        let ok = mask[i] != 0;
-        let zi = if ok { z[i] } else { max };
-        let e = crate::el_math::exp_f32(zi - max);
-        sum_exp[j] += if ok { e as f64 } else { 0.0 };
-        sum_z[j] += if ok { zi as f64 } else { 0.0 };
-        count[j] += ok as u8 as f64;
-    };
-    for c in (0..full).step_by(LANES) {
+    let mut acc = StatsAcc::new();
+    for (zc, mc) in z.chunks_exact(LANES).zip(mask.chunks_exact(LANES)) {
         for j in 0..LANES {
-            add(c + j, j);
+            acc.add(zc[j], mc[j], max, j);
         }
     }
     for i in full..v {
-        add(i, 0);
+        acc.add(z[i], mask[i], max, 0);
     }
     let argmax = (0..v).find(|&i| mask[i] != 0 && z[i] == max).unwrap_or(0) as i64;
     RowStats {
         max,
-        sum_exp: sum_exp.iter().sum(),
-        sum_logits: sum_z.iter().sum(),
-        allowed: count.iter().sum(),
+        sum_exp: acc.sum_exp.iter().sum(),
+        sum_logits: acc.sum_z.iter().sum(),
+        allowed: acc.count.iter().sum(),
         target_logit: z[target],
         argmax,
     }
 }
 
-/// One kept row's logits and mask, and its R-Drop partner's.
+/// One kept row's logits and mask, and its R-Drop partner's (empty without R-Drop).
 #[derive(Clone, Copy)]
 struct RowData<'a> {
     z: &'a [f32],
     mask: &'a [u8],
-    partner: Option<(&'a [f32], &'a [u8])>,
+    partner_z: &'a [f32],
+    partner_mask: &'a [u8],
 }
 
 /// The per-id quantities of the bonus-and-gradient sweeps at id i:
 /// (q = softmax, b(p), b'(p)·p, KL value, KL slope). Disallowed ids give zeros.
+/// `UNIT_CONF`: conf = 1, so q = p; `PAIRED`: R-Drop, with a partner row.
 #[inline(always)]
-fn per_id(c: &PassConsts, job: &Job, row: &RowData, i: usize) -> (f32, f32, f32, f32, f32) {
+fn per_id<const UNIT_CONF: bool, const PAIRED: bool>(
+    c: &PassConsts,
+    job: &Job,
+    row: &RowData,
+    partner: &Side,
+    i: usize,
+) -> (f32, f32, f32, f32, f32) {
     let ok = row.mask[i] != 0;
     let zi = if ok { row.z[i] } else { job.side.max };
     let (x, l, p) = PassConsts::log_prob(&job.side, zi);
-    let q = if job.side.conf == 1.0 { p } else { crate::el_math::exp_f32(x) };
+    let q = if UNIT_CONF { p } else { crate::el_math::exp_f32(x) };
     let (b, d) = c.bonus.eval(p);
-    let (kl, kl_slope) = match (row.partner, job.partner) {
-        (Some((pz, pmask)), Some(side)) => {
-            let both = ok && pmask[i] != 0;
-            let (_, lp, pp) = PassConsts::log_prob(&side, if both { pz[i] } else { side.max });
-            let diff = l - lp;
-            if both {
-                ((p - pp) * diff, p * diff + p - pp)
-            } else {
-                (0.0, 0.0)
-            }
-        }
-        _ => (0.0, 0.0),
-    };
+    let (mut kl, mut kl_slope) = (0.0, 0.0);
+    if PAIRED {
+        let both = ok && row.partner_mask[i] != 0;
+        let (_, lp, pp) = PassConsts::log_prob(partner, if both { row.partner_z[i] } else { partner.max });
+        let diff = l - lp;
+        kl = if both { (p - pp) * diff } else { 0.0 };
+        kl_slope = if both { p * diff + p - pp } else { 0.0 };
+    }
     if ok {
         (q, b, d, kl, kl_slope)
     } else {
@@ -142,50 +159,71 @@ fn per_id(c: &PassConsts, job: &Job, row: &RowData, i: usize) -> (f32, f32, f32,
     }
 }
 
+/// Per-lane sums of the bonus sweep.
+struct BonusAcc {
+    bonus_all: [f64; LANES],
+    slope: [f64; LANES],
+    kl: [f64; LANES],
+    kl_slope: [f64; LANES],
+}
+
+impl BonusAcc {
+    fn new() -> Self {
+        BonusAcc { bonus_all: [0.0; LANES], slope: [0.0; LANES], kl: [0.0; LANES], kl_slope: [0.0; LANES] }
+    }
+
+    #[inline(always)]
+    fn add(&mut self, (_, b, d, k, ks): (f32, f32, f32, f32, f32), j: usize) {
+        self.bonus_all[j] += b as f64;
+        self.slope[j] += d as f64;
+        self.kl[j] += k as f64;
+        self.kl_slope[j] += ks as f64;
+    }
+}
+
 fn kept_row(c: &PassConsts, job: &Job, row: &RowData, grad: &mut [f32]) -> RowSums {
     with_simd!(
         kept_row_simd,
         fn(c: &PassConsts, job: &Job, row: &RowData, grad: &mut [f32]) -> RowSums,
-        kept_row_body(c, job, row, grad)
+        match (job.side.conf == 1.0, job.partner.is_some()) {
+            (true, false) => kept_row_body::<true, false>(c, job, row, grad),
+            (false, false) => kept_row_body::<false, false>(c, job, row, grad),
+            (true, true) => kept_row_body::<true, true>(c, job, row, grad),
+            (false, true) => kept_row_body::<false, true>(c, job, row, grad),
+        }
     )
 }
 
 #[inline(always)]
-fn kept_row_body(c: &PassConsts, job: &Job, row: &RowData, grad: &mut [f32]) -> RowSums {
+fn kept_row_body<const UNIT_CONF: bool, const PAIRED: bool>(
+    c: &PassConsts,
+    job: &Job,
+    row: &RowData,
+    grad: &mut [f32],
+) -> RowSums {
     let v = row.z.len();
     assert!(row.mask.len() == v && grad.len() == v);
-    if let Some((pz, pmask)) = row.partner {
-        assert!(pz.len() == v && pmask.len() == v);
-    }
+    assert!(!PAIRED || (row.partner_z.len() == v && row.partner_mask.len() == v));
+    let partner = job.partner.unwrap_or(job.side);
     let full = v / LANES * LANES;
-    let mut bonus_all = [0f64; LANES];
-    let mut slope = [0f64; LANES];
-    let mut kl = [0f64; LANES];
-    let mut kl_slope = [0f64; LANES];
-    let mut add = |i: usize, j: usize| {
-        let (_, b, d, k, ks) = per_id(c, job, row, i);
-        bonus_all[j] += b as f64;
-        slope[j] += d as f64;
-        kl[j] += k as f64;
-        kl_slope[j] += ks as f64;
-    };
+    let mut acc = BonusAcc::new();
     for base in (0..full).step_by(LANES) {
         for j in 0..LANES {
-            add(base + j, j);
+            acc.add(per_id::<UNIT_CONF, PAIRED>(c, job, row, &partner, base + j), j);
         }
     }
     for i in full..v {
-        add(i, 0);
+        acc.add(per_id::<UNIT_CONF, PAIRED>(c, job, row, &partner, i), 0);
     }
     let (_, _, p_target) = PassConsts::log_prob(&job.side, row.z[job.target]);
     let target_slope = c.bonus.eval(p_target).1;
-    let s_rest = c.slope_sum_rest(slope.iter().sum(), kl_slope.iter().sum(), target_slope);
+    let s_rest = c.slope_sum_rest(acc.slope.iter().sum(), acc.kl_slope.iter().sum(), target_slope);
     for (i, g) in grad.iter_mut().enumerate() {
-        let (q, _, d, _, ks) = per_id(c, job, row, i);
+        let (q, _, d, _, ks) = per_id::<UNIT_CONF, PAIRED>(c, job, row, &partner, i);
         *g = c.grad_at(job, s_rest, row.mask[i] != 0, i == job.target, q, d, ks);
     }
     grad[job.target] += c.target_extra(job, target_slope);
-    RowSums { bonus_all: bonus_all.iter().sum(), kl: kl.iter().sum() }
+    RowSums { bonus_all: acc.bonus_all.iter().sum(), kl: acc.kl.iter().sum() }
 }
 
 /// A read-only view of a contiguous CPU tensor's elements.
@@ -244,11 +282,9 @@ pub fn forward_backward(opts: &ElOptions, batch: &ElBatch) -> Result<ElOutput, E
                     return None;
                 }
                 let job = &plan.jobs[k];
-                let data = RowData {
-                    z: z_row(row),
-                    mask: allowed.row(row, v),
-                    partner: job.partner.map(|p: Side| (z_row(p.row), allowed.row(p.row, v))),
-                };
+                let (partner_z, partner_mask) =
+                    job.partner.map_or((&[][..], &[][..]), |p: Side| (z_row(p.row), allowed.row(p.row, v)));
+                let data = RowData { z: z_row(row), mask: allowed.row(row, v), partner_z, partner_mask };
                 Some((k, kept_row(&consts, job, &data, g)))
             })
             .collect();
