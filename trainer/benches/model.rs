@@ -2,7 +2,7 @@
 //! with `cargo bench -p elfin-trainer --bench model`).
 //!
 //! CPU (default): `ofa_micro` with 64×64 images and `ofa_tiny` with 256×256.
-//! `--gpu`: `ofa_large` with 480×480 images under fp16 and bf16 autocast on
+//! `--gpu` (or `ELFIN_BENCH_DEVICE=cuda`): `ofa_large` with 480×480 images under fp16 and bf16 autocast on
 //! CUDA device 0, with model FLOPs utilisation against `--peak-tflops`.
 //! Every run: 20 source and 20 target tokens per row, the full 59457-symbol
 //! vocabulary, dropout 0.1 and drop path 0.1 as the finetuning scripts use.
@@ -115,7 +115,7 @@ fn time_step(case: &Case, device: Device, iters: usize) -> (OfaConfig, f64, f64)
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let gpu = args.iter().any(|a| a == "--gpu");
+    let gpu = args.iter().any(|a| a == "--gpu") || std::env::var("ELFIN_BENCH_DEVICE").is_ok_and(|d| d == "cuda");
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(|v| v.parse::<f64>().expect(flag));
     let peak_tflops = value("--peak-tflops").unwrap_or(989.0);
     let (device, cases, iters) = if gpu {
@@ -140,7 +140,7 @@ fn main() {
         let flops = 3.0 * forward_flops(&cfg, case.image);
         let tokens = (BATCH * TGT_LEN) as f64 / secs;
         let mut line = format!(
-            "{:<10} {:>3}px {:<5} step {:>8.1} ms (fastest {:>8.1})  {:>8.0} target tok/s  {:>7.1} GFLOP/step  {:>7.3} TFLOP/s",
+            "result: {:<10} {:>3}px {:<5} step {:>8.1} ms (fastest {:>8.1})  {:>8.0} target tok/s  {:>7.1} GFLOP/step  {:>7.3} TFLOP/s",
             case.arch,
             case.image,
             format!("{:?}", case.precision).to_lowercase(),

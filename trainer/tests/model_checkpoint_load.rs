@@ -9,6 +9,13 @@ use std::path::Path;
 use std::process::Command;
 use tch::{nn, Device, Kind, Tensor};
 
+/// The oracle folder under `$ELFIN_SHARED_DIR` (set by scripts/gpu-check.sh),
+/// else under the project's shared folder.
+fn oracle_dir() -> std::path::PathBuf {
+    let shared = std::env::var_os("ELFIN_SHARED_DIR").map_or_else(|| "/work/shared".into(), std::path::PathBuf::from);
+    shared.join("oracles/model-ofa-tiny")
+}
+
 fn model(seed: i64, vocab: i64) -> (nn::VarStore, OfaModel) {
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
@@ -98,7 +105,7 @@ fn the_reference_buffers_and_optional_keys_are_accepted() {
     tensors.insert("encoder.version".into(), one.shallow_clone());
     tensors.insert("decoder.version".into(), one);
     tensors.insert("decoder.image_position_idx".into(), Tensor::zeros([1026], (Kind::Int64, Device::Cpu)));
-    let buffers = read_tensors(Path::new("/work/shared/oracles/model-ofa-tiny/buffers.safetensors")).unwrap();
+    let buffers = read_tensors(&oracle_dir().join("buffers.safetensors")).unwrap();
     tensors.insert("encoder.token_rp_bucket".into(), buffers["encoder.token_rp_bucket"].shallow_clone());
     tensors.insert("decoder.image_rp_bucket".into(), buffers["encoder.image_rp_bucket"].shallow_clone());
     tensors.retain(|k, _| !k.ends_with("num_batches_tracked"));
@@ -141,7 +148,7 @@ fn a_smaller_vocabulary_grows_and_a_larger_one_is_refused() {
 
 #[test]
 fn forward_command_reproduces_the_oracle() {
-    let oracle = Path::new("/work/shared/oracles/model-ofa-tiny");
+    let oracle = oracle_dir();
     let dir = tempfile::tempdir().unwrap();
     let f = read_tensors(&oracle.join("forward.safetensors")).unwrap();
     let inputs = dir.path().join("inputs.safetensors");
@@ -149,7 +156,7 @@ fn forward_command_reproduces_the_oracle() {
     let keyed: Vec<(String, &Tensor)> = names.iter().map(|n| (n.to_string(), &f[&format!("input.{n}")])).collect();
     write_tensors(&inputs, keyed.iter().map(|(k, v)| (k.as_str(), *v)), HashMap::new()).unwrap();
     let out = dir.path().join("out.safetensors");
-    let status = Command::new(env!("CARGO_BIN_EXE_elfin-train"))
+    let status = Command::new(std::env::var_os("ELFIN_TRAIN_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_elfin-train").into()))
         .args(["forward", "--arch", "ofa_tiny", "--disable-entangle", "--checkpoint"])
         .arg(oracle.join("state_dict.safetensors"))
         .arg("--inputs")

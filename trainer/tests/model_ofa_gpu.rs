@@ -3,18 +3,23 @@
 use elfin_trainer::model::checkpoint_load::read_tensors;
 use elfin_trainer::model::{load_checkpoint, OfaConfig, OfaModel, Precision};
 use std::collections::BTreeMap;
-use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
-const ORACLE: &str = "/work/shared/oracles/model-ofa-tiny";
 const GPU: Device = Device::Cuda(0);
+
+/// The oracle folder under `$ELFIN_SHARED_DIR` (set by scripts/gpu-check.sh),
+/// else under the project's shared folder.
+fn oracle_dir() -> std::path::PathBuf {
+    let shared = std::env::var_os("ELFIN_SHARED_DIR").map_or_else(|| "/work/shared".into(), std::path::PathBuf::from);
+    shared.join("oracles/model-ofa-tiny")
+}
 
 fn tiny_on_gpu() -> (nn::VarStore, OfaModel, BTreeMap<String, Tensor>) {
     assert!(tch::Cuda::is_available(), "no CUDA device");
     let mut vs = nn::VarStore::new(GPU);
     let model = OfaModel::new(&vs.root(), &OfaConfig::finetuning("ofa_tiny").unwrap(), 9697);
-    load_checkpoint(&mut vs, &Path::new(ORACLE).join("state_dict.safetensors")).unwrap();
-    let f = read_tensors(&Path::new(ORACLE).join("forward.safetensors")).unwrap();
+    load_checkpoint(&mut vs, &oracle_dir().join("state_dict.safetensors")).unwrap();
+    let f = read_tensors(&oracle_dir().join("forward.safetensors")).unwrap();
     let f = f.into_iter().map(|(k, v)| (k, v.to_device(GPU))).collect();
     (vs, model, f)
 }

@@ -5,24 +5,29 @@
 use elfin_trainer::model::relative_position::{code_position_ids, image_bucket_table, token_bucket_table};
 use elfin_trainer::model::{load_checkpoint, OfaConfig, OfaModel};
 use std::collections::BTreeMap;
-use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
-const ORACLE: &str = "/work/shared/oracles/model-ofa-tiny";
+/// The oracle folder under `$ELFIN_SHARED_DIR` (set by scripts/gpu-check.sh),
+/// else under the project's shared folder.
+fn oracle_dir() -> std::path::PathBuf {
+    let shared = std::env::var_os("ELFIN_SHARED_DIR").map_or_else(|| "/work/shared".into(), std::path::PathBuf::from);
+    shared.join("oracles/model-ofa-tiny")
+}
+
 /// The oracle's reduced dictionary.
 const VOCAB: i64 = 9697;
 /// The README's suggested tolerance for a float32 implementation.
 const TOL: f64 = 1e-4;
 
 fn read(file: &str) -> BTreeMap<String, Tensor> {
-    let path = Path::new(ORACLE).join(file);
+    let path = oracle_dir().join(file);
     Tensor::read_safetensors(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display())).into_iter().collect()
 }
 
 fn tiny() -> (nn::VarStore, OfaModel) {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = OfaModel::new(&vs.root(), &OfaConfig::finetuning("ofa_tiny").unwrap(), VOCAB);
-    load_checkpoint(&mut vs, &Path::new(ORACLE).join("state_dict.safetensors")).unwrap();
+    load_checkpoint(&mut vs, &oracle_dir().join("state_dict.safetensors")).unwrap();
     (vs, model)
 }
 
