@@ -41,6 +41,9 @@ pub struct OfaConfig {
     pub decoder_drop_path_rate: f64,
     pub freeze_encoder_embedding: bool,
     pub freeze_decoder_embedding: bool,
+    /// The ResNet's BatchNorms use running statistics and do not train (the reference's FrozenBatchNorm2d).
+    #[serde(default)]
+    pub freeze_resnet: bool,
     /// Rows of `embed_positions` are this + 2.
     pub max_source_positions: i64,
     pub max_target_positions: i64,
@@ -109,6 +112,7 @@ impl OfaConfig {
             decoder_drop_path_rate: 0.0,
             freeze_encoder_embedding: false,
             freeze_decoder_embedding: false,
+            freeze_resnet: false,
             max_source_positions: 1024,
             max_target_positions: 1024,
             token_bucket_size: 256,
@@ -292,6 +296,9 @@ pub struct ModelArgs {
     /// Don't train the decoder's token embedding (shared: also the encoder's and the output projection).
     #[arg(long)]
     pub freeze_decoder_embedding: bool,
+    /// Freeze the ResNet's BatchNorms: running statistics in training too, affine parameters not trained.
+    #[arg(long)]
+    pub freeze_resnet: bool,
     // The image size, bins and text lengths are data flags (`DataArgs`),
     // which `train` copies into the config; they are not model flags here
     // so that both groups can be flattened into one command line.
@@ -331,6 +338,7 @@ impl ModelArgs {
         cfg.disable_entangle |= self.disable_entangle;
         cfg.freeze_encoder_embedding |= self.freeze_encoder_embedding;
         cfg.freeze_decoder_embedding |= self.freeze_decoder_embedding;
+        cfg.freeze_resnet |= self.freeze_resnet;
         let set = |field: &mut f64, value: Option<f64>| *field = value.unwrap_or(*field);
         set(&mut cfg.dropout, self.dropout);
         set(&mut cfg.attention_dropout, self.attention_dropout);

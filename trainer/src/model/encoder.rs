@@ -79,7 +79,10 @@ impl Encoder {
         let side = cfg.image_bucket_size;
         Encoder {
             embed_tokens,
-            embed_images: ResNet::new(&(p / "embed_images"), &cfg.resnet_layers, cfg.resnet_drop_path_rate),
+            embed_images: {
+                let resnet = ResNet::new(&(p / "embed_images"), &cfg.resnet_layers, cfg.resnet_drop_path_rate);
+                if cfg.freeze_resnet { resnet.freeze_batch_norm() } else { resnet }
+            },
             image_proj: linear(p / "image_proj", resnet::OUT_CHANNELS, c),
             type_embedding: cfg.add_type_embedding.then(|| embedding_table(p / "type_embedding", 2, c, None, true)),
             layernorm_embedding: layer_norm_if(cfg.layernorm_embedding, p / "layernorm_embedding", c),

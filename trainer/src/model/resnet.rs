@@ -46,6 +46,9 @@ struct BatchNorm2d {
     running_mean: Tensor,
     running_var: Tensor,
     num_batches_tracked: Tensor,
+    /// `--freeze-resnet`: the reference's `FrozenBatchNorm2d` (running
+    /// statistics always, affine parameters not trained).
+    frozen: bool,
 }
 
 impl BatchNorm2d {
@@ -57,6 +60,14 @@ impl BatchNorm2d {
             running_mean: p.zeros_no_train("running_mean", &[channels]),
             running_var: p.ones_no_train("running_var", &[channels]),
             num_batches_tracked: p.add("num_batches_tracked", counter, false),
+            frozen: false,
+        }
+    }
+
+    fn freeze(&mut self) {
+        self.frozen = true;
+        for t in [&mut self.weight, &mut self.bias] {
+            *t = t.set_requires_grad(false);
         }
     }
 }
@@ -66,6 +77,7 @@ impl ModuleT for BatchNorm2d {
     /// running ones in place (momentum 0.1, unbiased variance), as the
     /// reference's finetuning does: it never puts the backbone's BN in eval.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let train = train && !self.frozen;
         if train {
             tch::no_grad(|| {
                 let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
@@ -135,6 +147,17 @@ impl Bottleneck {
     }
 }
 
+impl Bottleneck {
+    fn freeze_batch_norm(&mut self) {
+        for bn in [&mut self.bn1, &mut self.bn2, &mut self.bn3] {
+            bn.freeze();
+        }
+        if let Some((_, bn)) = &mut self.downsample {
+            bn.freeze();
+        }
+    }
+}
+
 impl ModuleT for Bottleneck {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let out = self.bn1.forward_t(&xs.apply(&self.conv1), train).relu();
@@ -179,6 +202,14 @@ impl ResNet {
             stages.push(stage_blocks);
         }
         ResNet { conv1: conv(p / "conv1", 3, 64, 7, 2), bn1: BatchNorm2d::new(p / "bn1", 64), stages }
+    }
+
+    /// `--freeze-resnet`: every BatchNorm normalises with its running
+    /// statistics, in training too, and its affine parameters stop training.
+    pub fn freeze_batch_norm(mut self) -> ResNet {
+        self.bn1.freeze();
+        self.stages.iter_mut().flatten().for_each(Bottleneck::freeze_batch_norm);
+        self
     }
 }
 

@@ -51,6 +51,9 @@ pub(crate) struct Trainer {
     model: OfaModel,
     /// Trainable parameters in a fixed order (frozen ones excluded).
     params: Vec<(String, Tensor)>,
+    /// BatchNorm running statistics: rank 0's are broadcast before every
+    /// update, as DDP does with module buffers, so that all ranks validate alike.
+    bn_buffers: Vec<Tensor>,
     pg: ProcessGroup,
     grad_sync: GradSync,
     criterion: Criterion,
@@ -101,6 +104,14 @@ impl Trainer {
 
         let pg = ProcessGroup::new(world, &args.dist, device)?;
         let params = dist::trainable_named(&vs);
+        let mut bn_buffers: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(name, _)| name.ends_with(".running_mean") || name.ends_with(".running_var") || name.ends_with(".num_batches_tracked"))
+            .collect();
+        // The same order on every rank: the var store is a hash map.
+        bn_buffers.sort_by(|a, b| a.0.cmp(&b.0));
+        let bn_buffers = bn_buffers.into_iter().map(|(_, t)| t).collect();
         let grad_sync = GradSync::new(shallow_clones(&params), args.dist.bucket_cap_bytes())?;
         // Every rank starts from rank 0's weights, whatever it initialised or loaded.
         dist::broadcast_var_store(&pg, &vs)?;
@@ -137,6 +148,7 @@ impl Trainer {
             vs,
             model,
             params,
+            bn_buffers,
             pg,
             grad_sync,
             criterion,
@@ -189,7 +201,7 @@ impl Trainer {
                 }
                 let done = self.args.run.max_update > 0 && self.progress.num_updates >= self.args.run.max_update;
                 let stop = self.stop_requested()?;
-                self.validate_and_save(self.progress.end_of_epoch || done, stop)?;
+                self.validate_and_save(done, stop)?;
                 if stop {
                     let signal = signals::received_signal().unwrap_or(libc::SIGTERM);
                     return Err(Preempted { signal, saved: self.args.checkpoint.save_dir.join(checkpoint::LAST) }.into());
@@ -259,12 +271,13 @@ impl Trainer {
         Ok(())
     }
 
-    /// Validates and saves at the reference's points (§6.9); a stop request
-    /// saves `checkpoint_last` without validating.
-    fn validate_and_save(&mut self, end_of_epoch: bool, stop: bool) -> Result<()> {
-        let (epoch, n) = (self.progress.epoch, self.progress.num_updates);
+    /// Validates and saves at the reference's points (§6.9), and when the
+    /// run is `done` (--max-update reached). A stop request saves
+    /// `checkpoint_last` without validating.
+    fn validate_and_save(&mut self, done: bool, stop: bool) -> Result<()> {
+        let (epoch, n, end_of_epoch) = (self.progress.epoch, self.progress.num_updates, self.progress.end_of_epoch);
         let ck = &self.args.checkpoint;
-        let save = checkpoint::should_save(ck, epoch, n, end_of_epoch);
+        let save = checkpoint::should_save(ck, epoch, n, end_of_epoch) || done;
         let ev = &self.args.eval;
         let validate = !stop
             && (save

@@ -1,0 +1,90 @@
+//! Helpers shared by the training-loop tests: a small synthetic caption
+//! dataset and the `elfin-train train` command line of a tiny run.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const TRAINER: &str = env!("CARGO_BIN_EXE_elfin-train");
+
+/// Writes a synthetic caption dataset (40 images × 5 captions, 8 validation images) under `dir`.
+pub fn synth_caption(dir: &Path) -> PathBuf {
+    let out = dir.join("caption");
+    let status = Command::new(TRAINER)
+        .args(["synth", "--task", "caption", "--train", "40", "--val", "8", "--image-size", "32", "--out"])
+        .arg(&out)
+        .output()
+        .expect("elfin-train synth runs");
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    out
+}
+
+/// `train` arguments of a tiny ofa_micro run on `data`, saving to `save_dir`.
+/// The LR schedule is fixed (no warmup ratio), so `--max-update` only says when to stop.
+pub fn train_args(data: &Path, save_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let d = data.display();
+    let mut args: Vec<String> = [
+        "train".to_string(),
+        format!("--data={d}/train.tsv,{d}/val.tsv"),
+        format!("--bpe-dir={d}/bpe"),
+        format!("--save-dir={}", save_dir.display()),
+    ]
+    .into_iter()
+    .collect();
+    let fixed = [
+        "--selected-cols=0,4,2", "--task=caption", "--arch=ofa_micro", "--patch-image-size=32",
+        "--encoder-normalize-before", "--decoder-normalize-before", "--share-all-embeddings",
+        "--layernorm-embedding", "--patch-layernorm-embedding", "--code-layernorm-embedding",
+        "--add-type-embedding", "--scale-attn", "--scale-fc", "--scale-heads", "--disable-entangle",
+        "--label-smoothing=0.1", "--lr=1e-3", "--warmup-updates=2", "--total-num-update=20",
+        "--weight-decay=0.01", "--clip-norm=1.0", "--max-epoch=5", "--log-interval=1",
+        "--num-workers=1", "--device=cpu", "--save-interval=0",
+    ];
+    args.extend(fixed.iter().map(|s| s.to_string()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+pub fn run_trainer(args: &[String]) -> Output {
+    let out = Command::new(TRAINER).args(args).env("OMP_NUM_THREADS", "1").output().expect("elfin-train runs");
+    assert!(
+        out.status.success(),
+        "elfin-train {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The `model.*` tensors of a checkpoint, as raw little-endian bytes by name.
+pub fn model_tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .filter(|(name, t)| name.starts_with("model.") && t.dtype() == safetensors::Dtype::F32)
+        .map(|(name, t)| {
+            let v = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            (name, v)
+        })
+        .collect()
+}
+
+/// `train` records of `metrics.jsonl` logged per update (`--log-interval=1`).
+pub fn train_records(save_dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(save_dir.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train" && v["scope"] == "interval")
+        .collect()
+}
+
+/// Largest absolute difference between two checkpoints' model tensors.
+pub fn max_param_diff(a: &Path, b: &Path) -> f32 {
+    let (a, b) = (model_tensors(a), model_tensors(b));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    a.iter()
+        .map(|(k, x)| x.iter().zip(&b[k]).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max))
+        .fold(0f32, f32::max)
+}

@@ -1,0 +1,95 @@
+//! The training loop end to end on a tiny model: resume, update-freq
+//! equivalence, ranks × update-freq equivalence, and metrics.jsonl.
+
+mod train_common;
+
+use std::process::Command;
+use train_common::*;
+
+#[test]
+fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth_caption(tmp.path());
+    let (straight, resumed) = (tmp.path().join("straight"), tmp.path().join("resumed"));
+    // Dropout and drop path on: the per-update reseeding must make them repeat.
+    let noisy = ["--dropout=0.1", "--encoder-drop-path-rate=0.1", "--decoder-drop-path-rate=0.1"];
+    run_trainer(&train_args(&data, &straight, &[&noisy[..], &["--max-update=6"]].concat()));
+    run_trainer(&train_args(&data, &resumed, &[&noisy[..], &["--max-update=3"]].concat()));
+    let second = run_trainer(&train_args(&data, &resumed, &[&noisy[..], &["--max-update=6"]].concat()));
+    let log = String::from_utf8_lossy(&second.stdout);
+    assert!(log.contains("resuming from"), "the second launch must say it resumes:\n{log}");
+
+    let (a, b) = (model_tensors(&straight.join("checkpoint_last.safetensors")), model_tensors(&resumed.join("checkpoint_last.safetensors")));
+    assert_eq!(a.len(), b.len());
+    for (name, x) in &a {
+        assert!(x.iter().zip(&b[name]).all(|(p, q)| p.to_bits() == q.to_bits()), "{name} differs after resuming");
+    }
+    let losses = |dir: &std::path::Path| train_records(dir).iter().map(|r| r["loss"].as_f64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(losses(&straight), losses(&resumed), "the per-update losses must repeat exactly");
+}
+
+#[test]
+fn update_freq_two_equals_one_batch_twice_the_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth_caption(tmp.path());
+    let (accumulated, single) = (tmp.path().join("uf2"), tmp.path().join("bs8"));
+    // Frozen BatchNorm: batch statistics would differ between 4 and 8 rows.
+    run_trainer(&train_args(&data, &accumulated, &["--batch-size=4", "--update-freq=2", "--max-update=3", "--freeze-resnet"]));
+    run_trainer(&train_args(&data, &single, &["--batch-size=8", "--update-freq=1", "--max-update=3", "--freeze-resnet"]));
+    assert_same_training(&accumulated, &single);
+}
+
+#[test]
+fn two_ranks_train_the_same_model_as_one_rank_with_update_freq_two() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth_caption(tmp.path());
+    let (two_ranks, one_rank) = (tmp.path().join("np2"), tmp.path().join("np1"));
+    run_trainer(&train_args(&data, &one_rank, &["--batch-size=4", "--update-freq=2", "--max-update=3", "--freeze-resnet"]));
+    let out = Command::new("mpirun")
+        .args(["-np", "2", "--oversubscribe", "-x", "OMP_NUM_THREADS=1", TRAINER])
+        .args(train_args(&data, &two_ranks, &["--batch-size=4", "--update-freq=1", "--max-update=3", "--freeze-resnet"]))
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_same_training(&two_ranks, &one_rank);
+}
+
+/// Same samples per update, same losses and gradient norms, same weights up to float rounding.
+fn assert_same_training(a: &std::path::Path, b: &std::path::Path) {
+    let (ra, rb) = (train_records(a), train_records(b));
+    assert_eq!(ra.len(), 3);
+    assert_eq!(ra.len(), rb.len());
+    for (x, y) in ra.iter().zip(&rb) {
+        assert_eq!(x["ntokens"], y["ntokens"], "the same samples form each update");
+        for key in ["loss", "nll_loss", "gnorm"] {
+            let (p, q) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+            assert!((p - q).abs() <= 1e-4 * p.abs().max(1.0), "{key}: {p} vs {q}");
+        }
+    }
+    let diff = max_param_diff(&a.join("checkpoint_last.safetensors"), &b.join("checkpoint_last.safetensors"));
+    assert!(diff < 1e-4, "parameters differ by {diff}");
+}
+
+#[test]
+fn metrics_jsonl_has_train_and_valid_records_with_the_reference_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth_caption(tmp.path());
+    let save = tmp.path().join("run");
+    run_trainer(&train_args(&data, &save, &["--max-update=2", "--eval-cider", r#"--eval-args={"beam":2,"max_len_b":5}"#, "--best-checkpoint-metric=cider", "--maximize-best-checkpoint-metric"]));
+    let text = std::fs::read_to_string(save.join("metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let train = records.iter().find(|r| r["kind"] == "train").expect("a train record");
+    for field in ["loss", "nll_loss", "ppl", "wps", "ups", "wpb", "bsz", "num_updates", "lr", "gnorm", "clip", "train_wall"] {
+        assert!(train.get(field).is_some(), "train record lacks {field}: {train}");
+    }
+    let valid = records.iter().find(|r| r["kind"] == "valid").expect("a valid record");
+    assert_eq!(valid["num_updates"], 2);
+    assert!(valid["cider"].as_f64().is_some(), "{valid}");
+    for name in ["checkpoint_last.safetensors", "checkpoint_best.safetensors", "predictions.jsonl"] {
+        assert!(save.join(name).exists(), "{name} missing");
+    }
+    let predictions = std::fs::read_to_string(save.join("predictions.jsonl")).unwrap();
+    assert_eq!(predictions.lines().count(), 8, "one prediction per validation image");
+}
