@@ -105,8 +105,8 @@ impl LoadPlan {
 /// Whether this point of training is a save point (`--save-interval`,
 /// `--save-interval-updates`). A run that was asked to stop saves regardless.
 pub fn should_save(args: &CheckpointArgs, epoch: u64, num_updates: u64, end_of_epoch: bool) -> bool {
-    let epoch_save = end_of_epoch && args.save_interval > 0 && epoch % args.save_interval == 0;
-    let update_save = args.save_interval_updates > 0 && num_updates > 0 && num_updates % args.save_interval_updates == 0;
+    let epoch_save = end_of_epoch && args.save_interval > 0 && epoch.is_multiple_of(args.save_interval);
+    let update_save = args.save_interval_updates > 0 && num_updates > 0 && num_updates.is_multiple_of(args.save_interval_updates);
     epoch_save || update_save
 }
 
@@ -152,10 +152,10 @@ pub fn plan_save(
     kept_best: &[String],
 ) -> SavePlan {
     let mut names = vec![super::LAST.to_string()];
-    if end_of_epoch && !args.no_epoch_checkpoints && args.save_interval > 0 && epoch % args.save_interval == 0 {
+    if end_of_epoch && !args.no_epoch_checkpoints && args.save_interval > 0 && epoch.is_multiple_of(args.save_interval) {
         names.push(format!("checkpoint{epoch}.safetensors"));
     }
-    if !end_of_epoch && args.save_interval_updates > 0 && num_updates % args.save_interval_updates == 0 {
+    if !end_of_epoch && args.save_interval_updates > 0 && num_updates.is_multiple_of(args.save_interval_updates) {
         names.push(format!("checkpoint_{epoch}_{num_updates}.safetensors"));
     }
     let mut best = best_before;
