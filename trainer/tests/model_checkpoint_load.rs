@@ -173,3 +173,33 @@ fn forward_command_reproduces_the_oracle() {
     let d = (&got["encoder_out"] - want_enc).abs().max().double_value(&[]);
     assert!(d < 1e-4, "encoder_out differs by {d}");
 }
+
+#[test]
+fn forward_command_explains_bad_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vs, _) = model(1, 300);
+    let ckpt = dir.path().join("micro.safetensors");
+    save_checkpoint(&vs, &ckpt).unwrap();
+    let mut batch = input();
+    batch.prev_output_tokens = Tensor::from_slice2(&[[0i64, 5, 300], [0, 11, 1]]);
+    let inputs = dir.path().join("inputs.safetensors");
+    let named = [
+        ("src_tokens", &batch.src_tokens),
+        ("patch_images", &batch.patch_images),
+        ("patch_masks", &batch.patch_masks),
+        ("prev_output_tokens", &batch.prev_output_tokens),
+    ];
+    write_tensors(&inputs, named, HashMap::new()).unwrap();
+    let out = Command::new(std::env::var_os("ELFIN_TRAIN_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_elfin-train").into()))
+        .args(["forward", "--arch", "ofa_micro", "--checkpoint"])
+        .arg(&ckpt)
+        .arg("--inputs")
+        .arg(&inputs)
+        .arg("--out")
+        .arg(dir.path().join("out.safetensors"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("`prev_output_tokens` holds token ids in [0, 300], outside the checkpoint's vocabulary of 300"), "{stderr}");
+}

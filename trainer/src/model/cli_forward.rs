@@ -99,6 +99,31 @@ fn input(tensors: &BTreeMap<String, Tensor>, name: &str, dims: usize, kinds: &[K
     Ok(t.shallow_clone())
 }
 
+/// Catches inputs the model would reject with a libtorch error.
+fn check_inputs(src: &Tensor, images: &Tensor, masks: &Tensor, prev: &Tensor, vocab: i64, cfg: &OfaConfig) -> Result<()> {
+    let b = src.size()[0];
+    for (name, t) in [("patch_images", images), ("patch_masks", masks), ("prev_output_tokens", prev)] {
+        if t.size()[0] != b {
+            bail!("`{name}` has {} rows but `src_tokens` has {b}", t.size()[0]);
+        }
+    }
+    for (name, t, limit) in [("src_tokens", src, 1024), ("prev_output_tokens", prev, cfg.max_target_positions)] {
+        let (min, max) = (t.min().int64_value(&[]), t.max().int64_value(&[]));
+        if min < 0 || max >= vocab {
+            bail!("`{name}` holds token ids in [{min}, {max}], outside the checkpoint's vocabulary of {vocab}");
+        }
+        if t.size()[1] > limit {
+            bail!("`{name}` has {} positions; the model takes at most {limit}", t.size()[1]);
+        }
+    }
+    let (channels, h, w) = (images.size()[1], images.size()[2], images.size()[3]);
+    let most = 16 * cfg.image_bucket_size;
+    if channels != 3 || h > most || w > most {
+        bail!("`patch_images` must be [B, 3, H, W] with H, W ≤ {most}, got {:?}", images.size());
+    }
+    Ok(())
+}
+
 pub fn run(args: ForwardArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     args.precision.check(device)?;
@@ -116,6 +141,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     let images = input(&tensors, "patch_images", 4, &[Kind::Float])?.to_device(device);
     let masks = input(&tensors, "patch_masks", 1, &[Kind::Uint8, Kind::Bool])?.to_kind(Kind::Bool).to_device(device);
     let prev = input(&tensors, "prev_output_tokens", 2, &[Kind::Int64])?.to_device(device);
+    check_inputs(&src_tokens, &images, &masks, &prev, vocab_size, &cfg)?;
     let (logits, encoder_out) = tch::no_grad(|| {
         args.precision.run(device, || {
             let enc = model.encode(&src_tokens, Some(&images), Some(&masks), false);
