@@ -20,8 +20,9 @@ fn cuda_err(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> ElError +
     move |e| ElError::Cuda(format!("{what}: {e}"))
 }
 
-/// Makes libnvrtc loadable by name for cudarc: the torch wheel keeps it beside
-/// libcudart (nvidia/cu13/lib), which is not on the loader's search path.
+/// Makes libnvrtc (and the libnvrtc-builtins it opens at compile time)
+/// loadable by name for cudarc: the torch wheel keeps them beside libcudart
+/// (nvidia/cu13/lib), which is not on the loader's search path.
 /// Returns false when no libnvrtc can be found.
 pub fn ensure_nvrtc_loaded() -> bool {
     static LOADED: OnceLock<bool> = OnceLock::new();
@@ -31,18 +32,25 @@ pub fn ensure_nvrtc_loaded() -> bool {
             // SAFETY: dlopen with a valid C string; the handle is kept for the process' life.
             !unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) }.is_null()
         };
-        if dlopen("libnvrtc.so.13") || dlopen("libnvrtc.so") {
-            return true;
-        }
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-        let dirs: Vec<std::path::PathBuf> = maps
+        let wheel_dirs: Vec<std::path::PathBuf> = maps
             .lines()
             .filter_map(|l| l.split_whitespace().nth(5))
             .filter(|p| p.contains("libcudart.so") || p.contains("libtorch_cuda.so"))
             .filter_map(|p| std::path::Path::new(p).parent().map(|d| d.to_path_buf()))
             .flat_map(|d| [d.clone(), d.join("../../nvidia/cu13/lib")])
             .collect();
-        dirs.iter().any(|d| dlopen(&d.join("libnvrtc.so.13").to_string_lossy()))
+        for dir in &wheel_dirs {
+            let nvrtc = dir.join("libnvrtc.so.13");
+            if nvrtc.exists() {
+                // Best effort: NVRTC finds its builtins itself when they are on the search path.
+                let _ = dlopen(&dir.join("libnvrtc-builtins.so.13.0").to_string_lossy());
+                if dlopen(&nvrtc.to_string_lossy()) {
+                    return true;
+                }
+            }
+        }
+        dlopen("libnvrtc.so.13") || dlopen("libnvrtc.so")
     })
 }
 
