@@ -363,7 +363,7 @@ fn schedule_total(args: &TrainArgs, train_rows: u64, world_size: u64) -> u64 {
 /// elfin checkpoint (a converted OFA checkpoint has weights only).
 fn restore(plan: &LoadPlan, vs: &mut nn::VarStore) -> Result<Option<CheckpointState>> {
     let Some(path) = plan.path() else { return Ok(None) };
-    if is_elfin_checkpoint(path)? {
+    if checkpoint::is_elfin_checkpoint(path)? {
         let state = plan.apply(checkpoint::load_checkpoint(path)?);
         load_model_tensors(vs, &state.model, path)?;
         return Ok(Some(state));
@@ -373,16 +373,6 @@ fn restore(plan: &LoadPlan, vs: &mut nn::VarStore) -> Result<Option<CheckpointSt
     }
     crate::model::load_checkpoint(vs, path)?;
     Ok(None)
-}
-
-fn is_elfin_checkpoint(path: &Path) -> Result<bool> {
-    if path.extension().is_some_and(|e| e == "pt") {
-        return Ok(false);
-    }
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
-    Ok(meta.metadata().as_ref().and_then(|m| m.get("format")).is_some_and(|f| f == checkpoint::FORMAT))
 }
 
 /// Copies an elfin checkpoint's `model` tensors into `vs`, strictly by name and shape.
