@@ -100,9 +100,14 @@ fn aliases(metadata: Option<&HashMap<String, String>>, path: &Path) -> Result<BT
     }
 }
 
+/// Tensor shapes by name.
+pub type Shapes = BTreeMap<String, Vec<i64>>;
+/// A safetensors header's free-form metadata.
+pub type Metadata = HashMap<String, String>;
+
 /// Names (aliases included) and shapes of a file's tensors, from its header
 /// only, and its header metadata.
-pub fn read_layout(path: &Path) -> Result<(BTreeMap<String, Vec<i64>>, HashMap<String, String>)> {
+pub fn read_layout(path: &Path) -> Result<(Shapes, Metadata)> {
     let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len).with_context(|| format!("{} is not a safetensors file", path.display()))?;

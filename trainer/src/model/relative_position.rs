@@ -59,12 +59,8 @@ pub fn image_bucket_table(bucket_size: i64) -> Tensor {
             table[p * n + q] = (r1 - r2 + side - 1) * width + (c1 - c2 + side - 1);
         }
     }
-    for q in 0..n {
-        table[q] = rows - 3;
-    }
-    for p in 0..n {
-        table[p * n] = rows - 2;
-    }
+    table[..n].fill(rows - 3);
+    table.iter_mut().step_by(n).for_each(|v| *v = rows - 2);
     table[0] = rows - 1;
     Tensor::from_slice(&table).view([n as i64, n as i64])
 }
