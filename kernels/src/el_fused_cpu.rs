@@ -220,7 +220,7 @@ fn kept_row_body<const UNIT_CONF: bool, const PAIRED: bool>(
     let s_rest = c.slope_sum_rest(acc.slope.iter().sum(), acc.kl_slope.iter().sum(), target_slope);
     for (i, g) in grad.iter_mut().enumerate() {
         let (q, _, d, _, ks) = per_id::<UNIT_CONF, PAIRED>(c, job, row, &partner, i);
-        *g = c.grad_at(job, s_rest, row.mask[i] != 0, i == job.target, q, d, ks);
+        *g = c.grad_at(job, s_rest, row.mask[i] != 0, i == job.target, (q, d, ks));
     }
     grad[job.target] += c.target_extra(job, target_slope);
     RowSums { bonus_all: acc.bonus_all.iter().sum(), kl: acc.kl.iter().sum() }

@@ -81,7 +81,7 @@ impl PassConsts {
 
     /// dL/dz_v at an id (the target also gets `target_extra`): q = softmax, d = b'(p)p, kl_slope from R-Drop.
     #[inline(always)]
-    pub fn grad_at(&self, job: &Job, s_rest: f32, ok: bool, is_target: bool, q: f32, d: f32, kl_slope: f32) -> f32 {
+    pub fn grad_at(&self, job: &Job, s_rest: f32, ok: bool, is_target: bool, (q, d, kl_slope): (f32, f32, f32)) -> f32 {
         let eps_part = job.eps_row * (q * (job.allowed - 1.0) - ok as u8 as f32 + is_target as u8 as f32);
         job.side.conf * (eps_part + self.eps_over_v * d + self.half_alpha * kl_slope - q * s_rest)
     }

@@ -45,10 +45,11 @@ fn compute(opts: &ElOptions, batch: &ElBatch, b: i64, v: i64) -> Result<ElOutput
         let allowed = Tensor::zeros([v], (Kind::Bool, device)).index_fill(0, r, 1);
         masked = masked.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
     }
-    let mut lprobs = masked.log_softmax(-1, Kind::Float);
-    if let Some(conf) = batch.conf {
-        lprobs = lprobs * conf.to_device(device).to_kind(Kind::Float).view([b, 1, 1]);
-    }
+    let log_softmax = masked.log_softmax(-1, Kind::Float);
+    let mut lprobs = match batch.conf {
+        Some(conf) => conf.to_device(device).to_kind(Kind::Float).view([b, 1, 1]) * log_softmax,
+        None => log_softmax,
+    };
     let mut target = batch.target.to_device(device).to_kind(Kind::Int64);
     let t = target.size()[1];
     let prefix = opts.ignore_prefix_size.min(t);
@@ -102,9 +103,9 @@ fn compute(opts: &ElOptions, batch: &ElBatch, b: i64, v: i64) -> Result<ElOutput
         }
     }
     let ntokens = ce.size()[0];
-    let mut loss = ce.sum(Kind::Float);
+    let ce_sum = ce.sum(Kind::Float);
 
-    if opts.use_rdrop {
+    let kl = if opts.use_rdrop {
         let half = ntokens / 2;
         let (mut a, mut c) = (lp.narrow(0, 0, half), lp.narrow(0, half, half));
         if let Some(r) = &range_ids {
@@ -115,8 +116,10 @@ fn compute(opts: &ElOptions, batch: &ElBatch, b: i64, v: i64) -> Result<ElOutput
         let dropped = a.isfinite().logical_and(&c.isfinite()).logical_not();
         let (a, c) = (a.masked_fill(&dropped, 0.0), c.masked_fill(&dropped, 0.0));
         let (p, q) = (a.exp().masked_fill(&dropped, 0.0), c.exp().masked_fill(&dropped, 0.0));
-        loss = loss + ((p - q) * (a - c)).sum(Kind::Float) * (0.5 * opts.reg_alpha);
-    }
+        Some(((p - q) * (a - c)).sum(Kind::Float) * (0.5 * opts.reg_alpha))
+    } else {
+        None
+    };
 
     let probs = lp.exp();
     let mut bonus = (-&probs + 1.0).clamp_min(1e-5).log();
@@ -128,7 +131,10 @@ fn compute(opts: &ElOptions, batch: &ElBatch, b: i64, v: i64) -> Result<ElOutput
     }
     let bonus_gold = bonus.gather(1, &tg.unsqueeze(1), false).sum(Kind::Float);
     let bonus_all = bonus.sum(Kind::Float);
-    let total = &loss + bonus_gold * (1.0 - eps) + bonus_all * (eps / v as f64);
+    let mut total = ce_sum + bonus_gold * (1.0 - eps) + bonus_all * (eps / v as f64);
+    if let Some(kl) = kl {
+        total += kl;
+    }
 
     total.backward();
     let grad = z.grad();
