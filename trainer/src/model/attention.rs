@@ -2,7 +2,7 @@
 //! (absolute + relative positions, causal and padding masks) before a
 //! float32 softmax, and `--scale-heads` scales each head's output.
 
-use super::embeddings::{linear, split_heads};
+use super::embeddings::{dropout, linear, split_heads};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
@@ -71,7 +71,7 @@ impl MultiheadAttention {
         // In the scores' precision, as the reference's half-precision model
         // adds its half-precision bias; the softmax itself runs in float32.
         let scores = &scores + bias.to_kind(scores.kind());
-        let probs = scores.softmax(-1, Kind::Float).to_kind(scores.kind()).dropout(self.dropout, train);
+        let probs = dropout(scores.softmax(-1, Kind::Float).to_kind(scores.kind()), self.dropout, train);
         let mut out = probs.matmul(&kv.value);
         if let Some(scale) = &self.head_scale {
             out = out * scale.view([1, self.heads, 1, 1]);

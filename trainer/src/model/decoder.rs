@@ -3,7 +3,7 @@
 //! positions only, tied output projection, and incremental decoding (§5.7).
 
 use super::config::{OfaConfig, PAD};
-use super::embeddings::{apply_opt, embedding_table, layer_norm, layer_norm_if, lookup, PositionBias};
+use super::embeddings::{apply_opt, dropout, embedding_table, layer_norm, layer_norm_if, lookup, PositionBias};
 use super::encoder::{drop_path_rates, key_padding_bias, relative_tables, EncoderOut};
 use super::layers::{DecoderLayer, LayerCache};
 use super::relative_position::{code_position_ids, image_table_rows, relative_bias, token_table_rows, PositionBuckets};
@@ -179,7 +179,7 @@ impl Decoder {
             (Some(_), Some(code_ln)) => pick(&code_ln.forward(&x), apply_opt(x.shallow_clone(), &self.layernorm_embedding)),
             _ => apply_opt(x, &self.layernorm_embedding),
         };
-        let mut x = x.dropout(self.dropout, train);
+        let mut x = dropout(x, self.dropout, train);
 
         let token_buckets = self.buckets.token_square(tt);
         let image_buckets = code_rows.as_ref().map(|_| self.buckets.image_square(&code_ids));

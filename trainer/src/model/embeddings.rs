@@ -33,6 +33,16 @@ pub fn apply_opt(x: Tensor, module: &Option<impl Module>) -> Tensor {
     }
 }
 
+/// Dropout that is the identity, without a kernel launch or a mask, when
+/// it has nothing to do (eval mode, or rate 0 as for attention in the scripts).
+pub fn dropout(x: Tensor, rate: f64, train: bool) -> Tensor {
+    if train && rate > 0.0 {
+        x.dropout(rate, train)
+    } else {
+        x
+    }
+}
+
 /// An `nn.Embedding` weight `p/weight` [rows, dim], N(0, 0.02) with the
 /// padding row zeroed. `trainable = false` keeps it out of the optimiser
 /// and the autograd graph (the reference's frozen embeddings).

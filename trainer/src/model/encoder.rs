@@ -3,7 +3,7 @@
 //! attention biases.
 
 use super::config::{OfaConfig, PAD};
-use super::embeddings::{apply_opt, embedding_table, layer_norm, layer_norm_if, linear, lookup, PositionBias};
+use super::embeddings::{apply_opt, dropout, embedding_table, layer_norm, layer_norm_if, linear, lookup, PositionBias};
 use super::layers::EncoderLayer;
 use super::relative_position::{image_position_ids, image_table_rows, relative_bias, token_table_rows, PositionBuckets};
 use super::resnet::{self, ResNet};
@@ -125,7 +125,7 @@ impl Encoder {
         if let Some(types) = &self.type_embedding {
             x_text = x_text + types.get(0);
         }
-        let x_text = apply_opt(x_text, &self.layernorm_embedding).dropout(self.dropout, train);
+        let x_text = dropout(apply_opt(x_text, &self.layernorm_embedding), self.dropout, train);
         let text_pos = self.pos_ln.forward(&text_pos);
         let text_pad = src_tokens.eq(PAD);
 
@@ -141,7 +141,7 @@ impl Encoder {
                 if let Some(types) = &self.type_embedding {
                     x_image = x_image + types.get(1);
                 }
-                let x_image = apply_opt(x_image, &self.patch_layernorm_embedding).dropout(self.dropout, train);
+                let x_image = dropout(apply_opt(x_image, &self.patch_layernorm_embedding), self.dropout, train);
                 let image_pad = match patch_masks {
                     Some(masks) => masks.to_kind(Kind::Bool).logical_not().view([b, 1]).expand([b, h * w], false),
                     None => Tensor::zeros([b, h * w], (Kind::Bool, device)),

@@ -4,7 +4,7 @@
 
 use super::attention::{KeyValue, MultiheadAttention};
 use super::config::OfaConfig;
-use super::embeddings::{apply_opt, layer_norm, layer_norm_if, linear};
+use super::embeddings::{apply_opt, dropout, layer_norm, layer_norm_if, linear};
 use super::resnet::drop_path;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -23,7 +23,7 @@ struct Residual {
 impl Residual {
     fn apply(&self, x: &Tensor, train: bool, f: impl FnOnce(&Tensor) -> Tensor) -> Tensor {
         let h = if self.normalize_before { f(&self.norm.forward(x)) } else { f(x) };
-        let h = apply_opt(h, &self.out_norm).dropout(self.dropout, train);
+        let h = dropout(apply_opt(h, &self.out_norm), self.dropout, train);
         let y = x + drop_path(&h, self.drop_path, train);
         if self.normalize_before {
             y
@@ -56,7 +56,7 @@ impl FeedForward {
         let h = self.fc1.forward(x);
         // Exact (erf) GELU in float32, as the reference computes it under fp16.
         let h = h.to_kind(Kind::Float).gelu("none").to_kind(h.kind());
-        let h = apply_opt(h.dropout(self.activation_dropout, train), &self.hidden_norm);
+        let h = apply_opt(dropout(h, self.activation_dropout, train), &self.hidden_norm);
         self.fc2.forward(&h)
     }
 }
