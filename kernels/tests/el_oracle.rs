@@ -12,7 +12,11 @@ use elfin_kernels::{encouraging_loss, parse_constraint_range, ElBatch, ElImpl, E
 use std::collections::HashMap;
 use tch::Tensor;
 
-const ORACLES: &str = "/work/shared/oracles/criterion";
+/// `$ELFIN_SHARED_DIR/oracles/criterion` (set by scripts/gpu-check.sh), else the project's shared folder.
+fn oracles() -> String {
+    let shared = std::env::var("ELFIN_SHARED_DIR").unwrap_or_else(|_| "/work/shared".into());
+    format!("{shared}/oracles/criterion")
+}
 
 fn options(json: &serde_json::Value) -> ElOptions {
     let mut o = ElOptions::default();
@@ -48,9 +52,9 @@ fn close(got: f64, want: f64, rel: f64, what: &str) {
 #[test]
 fn both_implementations_reproduce_the_five_oracle_cases() {
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{ORACLES}/cases.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(format!("{}/cases.json", oracles())).unwrap()).unwrap();
     let tensors: HashMap<String, Tensor> =
-        Tensor::read_safetensors(format!("{ORACLES}/cases.safetensors")).unwrap().into_iter().collect();
+        Tensor::read_safetensors(format!("{}/cases.safetensors", oracles())).unwrap().into_iter().collect();
     let cases = meta["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 5);
     for case in cases {

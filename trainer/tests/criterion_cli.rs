@@ -7,10 +7,14 @@ use std::path::Path;
 use std::process::Command;
 use tch::{Kind, Tensor};
 
-const ORACLES: &str = "/work/shared/oracles/criterion/cases.safetensors";
+/// `$ELFIN_SHARED_DIR/oracles/criterion/cases.safetensors`, else under the project's shared folder.
+fn oracles() -> String {
+    let shared = std::env::var("ELFIN_SHARED_DIR").unwrap_or_else(|_| "/work/shared".into());
+    format!("{shared}/oracles/criterion/cases.safetensors")
+}
 
 fn oracle() -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(ORACLES).unwrap().into_iter().collect()
+    Tensor::read_safetensors(oracles()).unwrap().into_iter().collect()
 }
 
 /// Writes `c17`'s logits, target and masks (the masks as numpy bool) into `dir`.
@@ -22,7 +26,7 @@ fn write_inputs(dir: &Path) {
     let masks = dir.join("masks.npy");
     let status = Command::new("/opt/elfin/venv/bin/python")
         .args(["-c", "import sys, numpy as np; from safetensors.numpy import load_file; np.save(sys.argv[2], load_file(sys.argv[1])['c17_constraint_masks.constraint_masks'].astype(bool))"])
-        .args([ORACLES, masks.to_str().unwrap()])
+        .args([oracles().as_str(), masks.to_str().unwrap()])
         .status()
         .unwrap();
     assert!(status.success());
