@@ -203,3 +203,39 @@ fn forward_command_explains_bad_inputs() {
     assert!(!out.status.success());
     assert!(stderr.contains("`prev_output_tokens` holds token ids in [0, 300], outside the checkpoint's vocabulary of 300"), "{stderr}");
 }
+
+#[test]
+fn the_reference_arguments_in_a_checkpoint_set_the_options() {
+    let oracle = oracle_dir();
+    let args: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(oracle.join("args.json")).unwrap()).unwrap();
+    let cfg = OfaConfig::from_reference_args(&args).unwrap();
+    let mut want = OfaConfig::finetuning("ofa_tiny").unwrap();
+    want.patch_image_size = 256;
+    assert_eq!(cfg, want);
+
+    // With the arguments in the header, `forward` needs no model flags.
+    let dir = tempfile::tempdir().unwrap();
+    let state = read_tensors(&oracle.join("state_dict.safetensors")).unwrap();
+    let ckpt = dir.path().join("tiny.safetensors");
+    let metadata = HashMap::from([("args".to_string(), args.to_string())]);
+    write_tensors(&ckpt, state.iter().map(|(k, v)| (k.as_str(), v)), metadata).unwrap();
+    let f = read_tensors(&oracle.join("forward.safetensors")).unwrap();
+    let inputs = dir.path().join("inputs.safetensors");
+    let names = ["src_tokens", "patch_images", "patch_masks", "prev_output_tokens"];
+    let keyed: Vec<(String, &Tensor)> = names.iter().map(|n| (n.to_string(), &f[&format!("input.{n}")])).collect();
+    write_tensors(&inputs, keyed.iter().map(|(k, v)| (k.as_str(), *v)), HashMap::new()).unwrap();
+    let out = dir.path().join("out.safetensors");
+    let run = Command::new(std::env::var_os("ELFIN_TRAIN_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_elfin-train").into()))
+        .args(["forward", "--arch", "ofa_tiny", "--checkpoint"])
+        .arg(&ckpt)
+        .arg("--inputs")
+        .arg(&inputs)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let d = (&read_tensors(&out).unwrap()["logits"] - &f["output.logits"]).abs().max().double_value(&[]);
+    assert!(d < 1e-4, "logits differ by {d}");
+}
