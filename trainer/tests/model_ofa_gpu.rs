@@ -57,7 +57,10 @@ fn fp16_and_bf16_autocast_stay_close_to_fp32() {
     };
     let full = run(Precision::Fp32);
     assert_eq!(full.kind(), Kind::Float);
-    for (precision, kind, tol) in [(Precision::Fp16, Kind::Half, 3e-2), (Precision::Bf16, Kind::BFloat16, 1.5e-1)] {
+    // Logits span about ±2; the tolerances allow fp16's 11 and bf16's 8
+    // mantissa bits through 3 ResNet stages and 8 transformer layers (not yet
+    // measured on a GPU: tighten them once gpu-check has run).
+    for (precision, kind, tol) in [(Precision::Fp16, Kind::Half, 5e-2), (Precision::Bf16, Kind::BFloat16, 2.5e-1)] {
         let logits = run(precision);
         assert_eq!(logits.kind(), kind, "{precision:?} autocast did not run the output projection in {kind:?}");
         let d = max_diff(&logits, &full);
