@@ -56,3 +56,20 @@ impl Precision {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The declared signatures match libtorch's: the setting round-trips
+    /// (it is a plain thread-local, so no GPU is needed).
+    #[test]
+    fn the_autocast_dtype_round_trips_through_libtorch() {
+        let before = unsafe { at_get_autocast_dtype(DEVICE_CUDA) };
+        assert_eq!(before, SCALAR_HALF, "libtorch's default CUDA autocast dtype is fp16");
+        unsafe { at_set_autocast_dtype(DEVICE_CUDA, SCALAR_BFLOAT16) };
+        assert_eq!(unsafe { at_get_autocast_dtype(DEVICE_CUDA) }, SCALAR_BFLOAT16);
+        unsafe { at_set_autocast_dtype(DEVICE_CUDA, before) };
+        assert_eq!(unsafe { at_get_autocast_dtype(DEVICE_CUDA) }, SCALAR_HALF);
+    }
+}
