@@ -257,7 +257,10 @@ pub struct Console {
 
 impl Console {
     pub fn new() -> Self {
-        Console { bar: None, interactive: std::io::stdout().is_terminal() }
+        // mpirun hands ranks a pseudo-terminal; a bar there would hide the
+        // log lines that cluster users read, so ranks print plain lines.
+        let under_mpi = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"].iter().any(|v| std::env::var_os(v).is_some());
+        Console { bar: None, interactive: std::io::stdout().is_terminal() && !under_mpi }
     }
 
     /// Starts an epoch of `total` update chunks (shows a bar on a terminal).

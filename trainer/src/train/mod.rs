@@ -37,7 +37,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     args.validate()?;
     let world = World::init()?;
     let result = Trainer::new(&world, args).and_then(|mut t| t.train());
-    world.finish(result)
+    match result {
+        // Every rank stops after the same update (the stop flag is all-reduced),
+        // so the job ends normally, with the preemption status.
+        Err(err) if err.is::<Preempted>() => world.finish(Ok(())).and(Err(err)),
+        result => world.finish(result),
+    }
 }
 
 /// Everything one rank holds while training.

@@ -41,7 +41,9 @@ pub fn train_args(data: &Path, save_dir: &Path, extra: &[&str]) -> Vec<String> {
         "--weight-decay=0.01", "--clip-norm=1.0", "--max-epoch=5", "--log-interval=1",
         "--num-workers=1", "--device=cpu", "--save-interval=0",
     ];
-    args.extend(fixed.iter().map(|s| s.to_string()));
+    // A flag given in `extra` replaces its default here.
+    let given = |flag: &str| extra.iter().any(|e| e.split('=').next() == flag.split('=').next());
+    args.extend(fixed.iter().filter(|f| !given(f)).map(|s| s.to_string()));
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
