@@ -196,7 +196,9 @@ fn demo_presets_are_the_same_recipes_made_small_for_the_cpu() {
         assert_eq!(r.get("arch"), Some("ofa_micro"));
         assert_eq!(r.get("patch_image_size"), Some("64"));
         assert_eq!(r.get("CUDA_VISIBLE_DEVICES"), Some(""));
-        assert!(r.get("max_update").unwrap().parse::<u32>().unwrap() <= 300);
+        // Minutes on 2 CPU ranks (make demo runs both in well under 15).
+        assert!(r.get("max_update").unwrap().parse::<u32>().unwrap() <= 2000);
+        assert_eq!(r.get("code_dict_size"), Some("0"), "a small vocabulary for the CPU");
         let args = r.trainer_args().unwrap();
         assert!(!args.iter().any(|a| a == "--fp16" || a.starts_with("--restore-file")), "{args:?}");
         assert!(r.description.as_deref().unwrap_or("").contains("CPU demo"));

@@ -1,4 +1,4 @@
-# CPU demo: caption_stage1_el scaled down to the ofa_micro model on synthetic data (64 px, 200 updates; try 2 CPU ranks).
+# CPU demo: caption_stage1_el scaled down to the ofa_micro model on synthetic data (64 px, 800 updates; try 2 CPU ranks).
 source caption_stage1_el.sh
 
 # Runs on the CPU: no GPUs, no fp16.
@@ -19,14 +19,16 @@ restore_file=
 freeze_encoder_embedding=false
 freeze_decoder_embedding=false
 patch_image_size=64
-lr=5e-4
+lr=1e-3
+# No image-code tokens: a small vocabulary (the synthetic BPE has ~150 symbols).
+code_dict_size=0
 batch_size=8
 update_freq=1
 max_epoch=100
-max_update=200
+max_update=800
 drop_worst_after=100
-save_interval_updates=50
-validate_interval_updates=50
+save_interval_updates=200
+validate_interval_updates=200
 
 log_dir=./demo_logs
 save_path=./demo_checkpoints/caption_el

@@ -1,4 +1,4 @@
-# CPU demo: refcoco_el scaled down to the ofa_micro model on synthetic data (64 px, 200 updates; try 2 CPU ranks).
+# CPU demo: refcoco_el scaled down to the ofa_micro model on synthetic data (64 px, 2000 updates; try 2 CPU ranks).
 source refcoco_el.sh
 
 # Runs on the CPU: no GPUs, no fp16.
@@ -15,13 +15,15 @@ bpe_dir=${synth_dir}/bpe
 arch=ofa_micro
 restore_file=
 patch_image_size=64
-lr=5e-4
+lr=1e-3
+# No image-code tokens: a small vocabulary (the synthetic BPE has ~150 symbols).
+code_dict_size=0
 batch_size=8
 update_freq=1
 max_epoch=100
-max_update=200
-save_interval_updates=50
-validate_interval_updates=50
+max_update=2000
+save_interval_updates=500
+validate_interval_updates=500
 
 log_dir=./demo_logs
 save_path=./demo_checkpoints/refcoco_el
