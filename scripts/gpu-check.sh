@@ -50,14 +50,29 @@ for t in "$bundle"/tests/*; do
     run_step "test-$n" 240 "$t" --ignored --test-threads=1
   fi
 done
-# Benchmarks read ELFIN_BENCH_DEVICE=cuda and print their figures.
-for b in "$bundle"/benches/*; do
-  n=$(basename "$b")
-  case "$n" in
-    allreduce*) run_step "bench-$n" 120 mpirun -np 1 "$b" --nccl ;;
-    *) run_step "bench-$n" 180 "$b" ;;
-  esac
-  grep -E '^(RESULT|result|[a-z_]+:)' "$out/logs/bench-$n.log" >> "$summary" 2>/dev/null || true
+# A few training updates on CUDA, one run per autocast precision (with
+# validation and beam search at the end), on synthetic data made here.
+synth="$out/synth-caption"
+"$bundle/bin/elfin-train" synth --task caption --train 100 --val 8 --image-size 64 --out "$synth" > "$out/logs/synth.log" 2>&1
+for precision in fp16 bf16; do
+  run_step "train-$precision" 300 "$bundle/bin/elfin-train" train --device=cuda "--$precision" \
+    "--data=$synth/train.tsv,$synth/val.tsv" "--bpe-dir=$synth/bpe" "--save-dir=$out/run-$precision" \
+    --selected-cols=0,4,2 --task=caption --code-dict-size=0 --arch=ofa_micro --patch-image-size=64 \
+    --scale-attn --scale-fc --scale-heads --disable-entangle --batch-size=8 --max-update=20 --log-interval=5 \
+    --lr=1e-3 --label-smoothing=0.1 --clip-norm=1.0 --eval-cider '--eval-args={"beam":5,"max_len_b":16}' \
+    --best-checkpoint-metric=cider --maximize-best-checkpoint-metric
+  tail -n 3 "$out/logs/train-$precision.log" >> "$summary" 2>/dev/null || true
 done
+
+# The GPU benchmarks (the others measure the CPU and are skipped here).
+bench() { # name, seconds, command...
+  local n=$1; shift
+  [ -x "$bundle/benches/$n" ] || { note "SKIP bench-$n (not in the bundle)"; return; }
+  run_step "bench-$n" "$@"
+  grep -E '^(result|RESULT)' "$out/logs/bench-$n.log" >> "$summary" 2>/dev/null || true
+}
+bench el_loss 120 "$bundle/benches/el_loss" --gpu
+bench model 180 "$bundle/benches/model" --gpu
+bench allreduce 120 mpirun -np "$(nvidia-smi -L | wc -l)" "$bundle/benches/allreduce" --nccl
 note "== done: $([ $failed = 0 ] && echo all passed || echo some failed)"
 exit $failed

@@ -77,15 +77,27 @@ fn time_it(reps: usize, sync: impl Fn(), mut f: impl FnMut()) -> f64 {
 fn cpu() {
     let (logits, target) = inputs(Device::Cpu, Kind::Float);
     let buffer = (N * V * 4) as f64;
-    let fused = time_it(3, || {}, || {
-        run(ElImpl::Fused, &logits, &target);
-    });
-    let reference = time_it(2, || {}, || {
-        run(ElImpl::Reference, &logits, &target);
-    });
+    let fused = time_it(
+        3,
+        || {},
+        || {
+            run(ElImpl::Fused, &logits, &target);
+        },
+    );
+    let reference = time_it(
+        2,
+        || {},
+        || {
+            run(ElImpl::Reference, &logits, &target);
+        },
+    );
     let (loss_f, loss_r) = (run(ElImpl::Fused, &logits, &target), run(ElImpl::Reference, &logits, &target));
     let (mem_f, mem_r) = (peak_extra("fused"), peak_extra("reference"));
-    println!("CPU, N = {N}, V = {V}, {} threads (rayon) / {} (libtorch)", rayon::current_num_threads(), tch::get_num_threads());
+    println!(
+        "CPU, N = {N}, V = {V}, {} threads (rayon) / {} (libtorch)",
+        rayon::current_num_threads(),
+        tch::get_num_threads()
+    );
     println!("  loss: fused {loss_f:.4}, reference {loss_r:.4}");
     println!("  time: fused {:.3} s, reference {:.3} s, reference/fused = {:.2}x", fused, reference, reference / fused);
     println!(
@@ -118,7 +130,12 @@ fn gpu() {
         });
         let (bw_fused, bw_copy) = (bytes / fused, bytes / copy);
         println!("CUDA {kind:?}, N = {N}, V = {V}");
-        println!("  time: fused {:.3} ms, reference {:.3} ms, reference/fused = {:.2}x", fused * 1e3, reference * 1e3, reference / fused);
+        println!(
+            "  time: fused {:.3} ms, reference {:.3} ms, reference/fused = {:.2}x",
+            fused * 1e3,
+            reference * 1e3,
+            reference / fused
+        );
         println!(
             "  effective bandwidth: fused {:.0} GB/s, device-to-device copy {:.0} GB/s, fused/copy = {:.0}%",
             bw_fused / 1e9,

@@ -111,7 +111,11 @@ pub fn forward_backward(opts: &ElOptions, batch: &ElBatch) -> Result<ElOutput, E
     let logits = batch.logits.contiguous();
     let masks = batch.constraint_masks.map(|m| {
         let m = m.to_device(device);
-        if m.kind() == Kind::Bool { m.contiguous() } else { m.to_kind(Kind::Uint8).contiguous() }
+        if m.kind() == Kind::Bool {
+            m.contiguous()
+        } else {
+            m.to_kind(Kind::Uint8).contiguous()
+        }
     });
     let masks_ptr = masks.as_ref().map_or(0, ptr);
     let (range_start, range_end) = opts.constraint_range.map_or((-1i32, -1i32), |(s, e)| (s as i32, e as i32));
@@ -121,17 +125,20 @@ pub fn forward_backward(opts: &ElOptions, batch: &ElBatch) -> Result<ElOutput, E
     let stats: Vec<RowStats> = if n == 0 {
         Vec::new()
     } else {
-        let rows = Tensor::from_slice(&checked.candidates.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(device);
-        let targets =
-            Tensor::from_slice(&checked.candidates.iter().map(|&r| checked.target[r]).collect::<Vec<_>>()).to_device(device);
+        let rows =
+            Tensor::from_slice(&checked.candidates.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(device);
+        let targets = Tensor::from_slice(&checked.candidates.iter().map(|&r| checked.target[r]).collect::<Vec<_>>())
+            .to_device(device);
         let out = Tensor::zeros([n as i64, 6], (Kind::Double, device));
         let (lp, rp, tp, op) = (ptr(&logits), ptr(&rows), ptr(&targets), ptr(&out));
         let mut launch = stream.launch_builder(&k.stats[dtype]);
         launch.arg(&lp).arg(&v_i64).arg(&rp).arg(&tp).arg(&masks_ptr).arg(&range_start).arg(&range_end).arg(&op);
         // SAFETY: the pointers are live tensors of the shapes and dtypes the kernel reads; they outlive
         // the kernel because `to_device(Cpu)` below waits for the NULL stream.
-        unsafe { launch.launch(LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }) }
-            .map_err(cuda_err("launching el_stats"))?;
+        unsafe {
+            launch.launch(LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
+        }
+        .map_err(cuda_err("launching el_stats"))?;
         let host = Vec::<f64>::try_from(out.to_device(Device::Cpu).reshape([-1]))?;
         host.chunks_exact(6)
             .map(|s| RowStats {
@@ -153,7 +160,16 @@ pub fn forward_backward(opts: &ElOptions, batch: &ElBatch) -> Result<ElOutput, E
     for (idx, job) in plan.jobs.iter().enumerate() {
         job_of_row[job.side.row] = idx as i32;
         let p = job.partner.unwrap_or(job.side);
-        jobs_f.extend([job.side.max, job.side.ln_sum, job.side.conf, job.eps_row, job.allowed, p.max, p.ln_sum, p.conf]);
+        jobs_f.extend([
+            job.side.max,
+            job.side.ln_sum,
+            job.side.conf,
+            job.eps_row,
+            job.allowed,
+            p.max,
+            p.ln_sum,
+            p.conf,
+        ]);
         jobs_i.extend([job.side.row as i64, job.target as i64, job.partner.map_or(-1, |p| p.row as i64)]);
     }
     let grad = Tensor::empty([b as i64, t as i64, v as i64], (batch.logits.kind(), device));
@@ -166,7 +182,8 @@ pub fn forward_backward(opts: &ElOptions, batch: &ElBatch) -> Result<ElOutput, E
         let jobs_f = Tensor::from_slice(&jobs_f).to_device(device);
         let jobs_i = Tensor::from_slice(&jobs_i).to_device(device);
         let out = Tensor::zeros([plan.jobs.len().max(1) as i64, 2], (Kind::Double, device));
-        let (lp, gp, jr, jf, ji, op) = (ptr(&logits), ptr(&grad), ptr(&job_of_row), ptr(&jobs_f), ptr(&jobs_i), ptr(&out));
+        let (lp, gp, jr, jf, ji, op) =
+            (ptr(&logits), ptr(&grad), ptr(&job_of_row), ptr(&jobs_f), ptr(&jobs_i), ptr(&out));
         let bonus = consts.bonus;
         let full = bonus.full as i32;
         let mut launch = stream.launch_builder(&k.rows[dtype]);
@@ -190,7 +207,11 @@ pub fn forward_backward(opts: &ElOptions, batch: &ElBatch) -> Result<ElOutput, E
             .arg(&op);
         // SAFETY: as above; the copy to the host waits for the kernel.
         unsafe {
-            launch.launch(LaunchConfig { grid_dim: ((b * t) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
+            launch.launch(LaunchConfig {
+                grid_dim: ((b * t) as u32, 1, 1),
+                block_dim: (BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            })
         }
         .map_err(cuda_err("launching el_rows"))?;
         let host = Vec::<f64>::try_from(out.to_device(Device::Cpu).reshape([-1]))?;

@@ -241,9 +241,9 @@ pub fn forward_backward(opts: &ElOptions, batch: &ElBatch) -> Result<ElOutput, E
     let checked = check(opts, batch)?;
     let Checked { b, t, v, .. } = checked;
     let logits = batch.logits.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
-    let masks = batch
-        .constraint_masks
-        .map(|m| m.to_device(Device::Cpu).to_kind(if m.kind() == Kind::Bool { Kind::Bool } else { Kind::Uint8 }).contiguous());
+    let masks = batch.constraint_masks.map(|m| {
+        m.to_device(Device::Cpu).to_kind(if m.kind() == Kind::Bool { Kind::Bool } else { Kind::Uint8 }).contiguous()
+    });
     // SAFETY: contiguous CPU tensors of f32 and of one-byte bools/u8, alive for this function.
     let z_all: &[f32] = unsafe { host_slice(&logits) };
     let allowed = match &masks {

@@ -111,8 +111,10 @@ pub(crate) fn check(opts: &ElOptions, batch: &ElBatch) -> Result<Checked, ElErro
             return invalid(format!("constraint masks must be bool or uint8; got {:?}", masks.kind()));
         }
         if !candidates.is_empty() {
-            let rows = Tensor::from_slice(&candidates.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(masks.device());
-            let ids = Tensor::from_slice(&candidates.iter().map(|&r| target[r]).collect::<Vec<_>>()).to_device(masks.device());
+            let rows =
+                Tensor::from_slice(&candidates.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(masks.device());
+            let ids = Tensor::from_slice(&candidates.iter().map(|&r| target[r]).collect::<Vec<_>>())
+                .to_device(masks.device());
             let allowed = masks.reshape([-1, v as i64]).index_select(0, &rows).gather(1, &ids.unsqueeze(1), false);
             let allowed = Vec::<u8>::try_from(allowed.to_kind(Kind::Uint8).to_device(Device::Cpu).reshape([-1]))?;
             if let Some(i) = allowed.iter().position(|&a| a == 0) {
@@ -132,7 +134,9 @@ pub(crate) fn check(opts: &ElOptions, batch: &ElBatch) -> Result<Checked, ElErro
         }
         let half = b / 2 * t;
         if target[..half] != target[half..] {
-            return invalid("--use-rdrop needs the second half of the batch to repeat the first; the targets differ".into());
+            return invalid(
+                "--use-rdrop needs the second half of the batch to repeat the first; the targets differ".into(),
+            );
         }
     }
     Ok(Checked { b, t, v, target, conf, candidates })

@@ -55,14 +55,10 @@ impl Default for ElOptions {
 
 /// Parses `START,END` as the reference's `--constraint-range` does.
 pub fn parse_constraint_range(text: &str) -> Result<(i64, i64), String> {
-    let (start, end) = text
-        .split_once(',')
-        .ok_or_else(|| format!("constraint range {text:?} is not START,END (e.g. 58457,59457)"))?;
-    let parse = |s: &str| {
-        s.trim()
-            .parse::<i64>()
-            .map_err(|_| format!("constraint range {text:?}: {s:?} is not an integer"))
-    };
+    let (start, end) =
+        text.split_once(',').ok_or_else(|| format!("constraint range {text:?} is not START,END (e.g. 58457,59457)"))?;
+    let parse =
+        |s: &str| s.trim().parse::<i64>().map_err(|_| format!("constraint range {text:?}: {s:?} is not an integer"));
     Ok((parse(start)?, parse(end)?))
 }
 

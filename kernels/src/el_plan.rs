@@ -152,12 +152,7 @@ pub(crate) fn plan(opts: &ElOptions, checked: &Checked, stats: &[RowStats], mask
     let mut sides = Vec::with_capacity(stats.len());
     let mut n_correct = 0;
     for (&row, st) in checked.candidates.iter().zip(stats) {
-        let side = Side {
-            row,
-            max: st.max,
-            ln_sum: st.sum_exp.ln() as f32,
-            conf: checked.conf[row / checked.t],
-        };
+        let side = Side { row, max: st.max, ln_sum: st.sum_exp.ln() as f32, conf: checked.conf[row / checked.t] };
         let (_, l_target, _) = PassConsts::log_prob(&side, st.target_logit);
         let sum_log_probs =
             side.conf as f64 * (st.sum_logits - st.allowed * side.max as f64 - st.allowed * side.ln_sum as f64);
@@ -176,7 +171,13 @@ pub(crate) fn plan(opts: &ElOptions, checked: &Checked, stats: &[RowStats], mask
         .map(|(k, &i)| {
             let (side, e_row, allowed) = sides[i];
             let partner = opts.use_rdrop.then(|| sides[kept[if k < half { k + half } else { k - half }]].0);
-            Job { side, target: checked.target[side.row] as usize, eps_row: e_row as f32, allowed: allowed as f32, partner }
+            Job {
+                side,
+                target: checked.target[side.row] as usize,
+                eps_row: e_row as f32,
+                allowed: allowed as f32,
+                partner,
+            }
         })
         .collect();
     let bonus_gold = kept
@@ -203,10 +204,7 @@ pub(crate) fn totals(opts: &ElOptions, checked: &Checked, plan: &Plan, sums: &[R
     let bonus_all: f64 = sums.iter().map(|s| s.bonus_all).sum();
     // Each KL pair is summed by both of its rows; count it once.
     let kl: f64 = sums[..if opts.use_rdrop { sums.len() / 2 } else { 0 }].iter().map(|s| s.kl).sum();
-    let loss = plan.ce
-        + (1.0 - eps) * plan.bonus_gold
-        + eps / checked.v as f64 * bonus_all
-        + opts.reg_alpha * 0.5 * kl;
+    let loss = plan.ce + (1.0 - eps) * plan.bonus_gold + eps / checked.v as f64 * bonus_all + opts.reg_alpha * 0.5 * kl;
     let ntokens = plan.jobs.len() as i64;
     let sample_size = if opts.sentence_avg { checked.b as i64 } else { ntokens };
     (loss, plan.nll, ntokens, sample_size)

@@ -88,10 +88,8 @@ fn compute(opts: &ElOptions, batch: &ElBatch, b: i64, v: i64) -> Result<ElOutput
     let mut ce = (-&eps_row + (1.0 - eps)) * &nll + &eps_row * smooth;
 
     let update = batch.update_num;
-    let steps = [
-        (opts.drop_worst_ratio, opts.drop_worst_after, false),
-        (opts.drop_best_ratio, opts.drop_best_after, true),
-    ];
+    let steps =
+        [(opts.drop_worst_ratio, opts.drop_worst_after, false), (opts.drop_best_ratio, opts.drop_best_after, true)];
     for (ratio, after, largest) in steps {
         if ratio > 0.0 && update > after {
             let keep = top_rows(&ce, ratio, largest, opts.use_rdrop);

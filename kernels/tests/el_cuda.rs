@@ -53,7 +53,13 @@ fn the_cuda_kernel_equals_the_cpu_loop_in_every_dtype() {
             let rounded = logits.to_kind(kind).to_kind(Kind::Float);
             let cpu = encouraging_loss(
                 &opts,
-                &ElBatch { logits: &rounded, target: &target, conf: conf.as_ref(), constraint_masks: masks.as_ref(), update_num },
+                &ElBatch {
+                    logits: &rounded,
+                    target: &target,
+                    conf: conf.as_ref(),
+                    constraint_masks: masks.as_ref(),
+                    update_num,
+                },
                 ElImpl::Fused,
             )
             .unwrap();
@@ -65,15 +71,30 @@ fn the_cuda_kernel_equals_the_cpu_loop_in_every_dtype() {
             );
             let gpu = encouraging_loss(
                 &opts,
-                &ElBatch { logits: &gpu_logits, target: &gt, conf: gc.as_ref(), constraint_masks: gm.as_ref(), update_num },
+                &ElBatch {
+                    logits: &gpu_logits,
+                    target: &gt,
+                    conf: gc.as_ref(),
+                    constraint_masks: gm.as_ref(),
+                    update_num,
+                },
                 ElImpl::Fused,
             )
             .unwrap();
             let what = format!("case {i} {kind:?}");
             assert_eq!(gpu.grad_logits.kind(), kind, "{what}");
-            assert!((gpu.loss - cpu.loss).abs() <= 1e-4 * cpu.loss.abs().max(1.0), "{what}: loss {} vs {}", gpu.loss, cpu.loss);
+            assert!(
+                (gpu.loss - cpu.loss).abs() <= 1e-4 * cpu.loss.abs().max(1.0),
+                "{what}: loss {} vs {}",
+                gpu.loss,
+                cpu.loss
+            );
             assert!((gpu.nll_loss - cpu.nll_loss).abs() <= 1e-4 * cpu.nll_loss.abs().max(1.0), "{what}: nll");
-            assert_eq!((gpu.ntokens, gpu.sample_size, gpu.n_correct, gpu.total), (cpu.ntokens, cpu.sample_size, cpu.n_correct, cpu.total), "{what}");
+            assert_eq!(
+                (gpu.ntokens, gpu.sample_size, gpu.n_correct, gpu.total),
+                (cpu.ntokens, cpu.sample_size, cpu.n_correct, cpu.total),
+                "{what}"
+            );
             // f32: fp32 math on both sides; f16/bf16: the stored gradient is rounded to the dtype.
             let tol = match kind {
                 Kind::Float => 1e-5,
@@ -81,7 +102,10 @@ fn the_cuda_kernel_equals_the_cpu_loop_in_every_dtype() {
                 _ => 1e-2,
             };
             let scale = cpu.grad_logits.abs().max().double_value(&[]).max(0.1);
-            let err = (gpu.grad_logits.to_device(Device::Cpu).to_kind(Kind::Float) - &cpu.grad_logits).abs().max().double_value(&[]);
+            let err = (gpu.grad_logits.to_device(Device::Cpu).to_kind(Kind::Float) - &cpu.grad_logits)
+                .abs()
+                .max()
+                .double_value(&[]);
             assert!(err <= tol * scale, "{what}: gradient max error {err} (scale {scale})");
         }
     }

@@ -145,7 +145,10 @@ fn assert_same_within(got: &ElOutput, want: &ElOutput, conditioning: f64, what: 
     // order 1e-7 absolute even where the gradient is tiny: hence the floor of the scale.
     let scale = want.grad_logits.abs().max().double_value(&[]).max(0.1);
     let err = (&got.grad_logits - &want.grad_logits).abs().max().double_value(&[]);
-    assert!(err <= 1e-5 * scale * conditioning, "{what} grad: max abs error {err}, scale {scale}, conditioning {conditioning}");
+    assert!(
+        err <= 1e-5 * scale * conditioning,
+        "{what} grad: max abs error {err}, scale {scale}, conditioning {conditioning}"
+    );
     assert_eq!(got.grad_logits.isfinite().all().int64_value(&[]), 1, "{what}: gradient not finite");
 }
 
@@ -186,12 +189,19 @@ fn the_reference_gradient_matches_finite_differences() {
         let h = 1e-2;
         for i in 0..flat.size()[0] {
             let at = |delta: f64| {
-                let shifted = Case { logits: (flat.copy().index_add(0, &Tensor::from_slice(&[i]), &Tensor::from_slice(&[delta as f32]))).view_as(&case.logits), ..clone_case(&case) };
+                let shifted = Case {
+                    logits: (flat.copy().index_add(0, &Tensor::from_slice(&[i]), &Tensor::from_slice(&[delta as f32])))
+                        .view_as(&case.logits),
+                    ..clone_case(&case)
+                };
                 shifted.run(ElImpl::Reference).loss
             };
             let fd = (at(h) - at(-h)) / (2.0 * h);
             let g = grad.reshape([-1]).double_value(&[i]);
-            assert!((fd - g).abs() <= 2e-3 * (1.0 + g.abs()), "log_end {log_end} id {i}: autograd {g}, finite difference {fd}");
+            assert!(
+                (fd - g).abs() <= 2e-3 * (1.0 + g.abs()),
+                "log_end {log_end} id {i}: autograd {g}, finite difference {fd}"
+            );
         }
     }
 }
@@ -330,9 +340,14 @@ fn drop_worst_and_best_keep_floor_of_n_times_one_minus_ratio() {
         ..ElOptions::default()
     };
     // (worst, best, update, kept): floor(15·0.8) = 12; floor(15·0.7) = 10; then floor(12·0.75) = 9.
-    for (dw, db, update, kept) in
-        [(0.2, 0.0, 11, 12), (0.2, 0.0, 10, 15), (0.3, 0.0, 11, 10), (0.2, 0.25, 21, 9), (0.2, 0.25, 20, 12), (0.0, 0.25, 21, 11)]
-    {
+    for (dw, db, update, kept) in [
+        (0.2, 0.0, 11, 12),
+        (0.2, 0.0, 10, 15),
+        (0.3, 0.0, 11, 10),
+        (0.2, 0.25, 21, 9),
+        (0.2, 0.25, 20, 12),
+        (0.0, 0.25, 21, 11),
+    ] {
         let out = both(&fifteen_tokens(o(dw, db), update));
         assert_eq!(out.ntokens, kept, "worst {dw} best {db} update {update}");
         assert_eq!(out.sample_size, kept);
@@ -370,4 +385,3 @@ fn sentence_avg_counts_sentences() {
     let out = both(&fifteen_tokens(ElOptions { sentence_avg: true, ..ElOptions::default() }, 0));
     assert_eq!((out.ntokens, out.sample_size), (15, 3));
 }
-

@@ -38,7 +38,8 @@ fn options(json: &serde_json::Value) -> ElOptions {
     }
     for key in json.as_object().unwrap().keys() {
         assert!(
-            ["label_smoothing", "log_end", "drop_worst_ratio", "drop_worst_after", "constraint_range"].contains(&key.as_str()),
+            ["label_smoothing", "log_end", "drop_worst_ratio", "drop_worst_after", "constraint_range"]
+                .contains(&key.as_str()),
             "oracle option {key} is not mapped by this test"
         );
     }
@@ -61,7 +62,10 @@ fn both_implementations_reproduce_the_five_oracle_cases() {
         let name = case["name"].as_str().unwrap();
         let get = |k: &str| tensors.get(&format!("{name}.{k}"));
         let shared = |k: &str| get(k).or_else(|| tensors.get(&format!("c17_constraint_masks.{k}")));
-        assert_eq!(shared("logits").unwrap().size(), case["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect::<Vec<_>>());
+        assert_eq!(
+            shared("logits").unwrap().size(),
+            case["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect::<Vec<_>>()
+        );
         let mut opts = options(&case["options"]);
         opts.padding_idx = meta["pad_index"].as_i64().unwrap();
         opts.eos_idx = meta["eos_index"].as_i64().unwrap();

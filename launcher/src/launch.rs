@@ -67,7 +67,8 @@ pub fn run(args: LaunchArgs) -> Result<ExitCode> {
     }
 
     let hosts = args.hostfile.as_deref().map(read_hostfile).transpose()?;
-    let request = PlanRequest { nproc: args.nproc_per_node, hosts, cpu: args.cpu, cuda_visible: cuda_visible.as_deref() };
+    let request =
+        PlanRequest { nproc: args.nproc_per_node, hosts, cpu: args.cpu, cuda_visible: cuda_visible.as_deref() };
     let plan = make_plan(&request, &node)?;
     let log_dir = args
         .log_dir
@@ -110,7 +111,8 @@ pub fn run(args: LaunchArgs) -> Result<ExitCode> {
         );
     }
     if let Some(synth) = synth {
-        let status = Command::new(&synth[0]).args(&synth[1..]).status().with_context(|| format!("running {}", synth[0]))?;
+        let status =
+            Command::new(&synth[0]).args(&synth[1..]).status().with_context(|| format!("running {}", synth[0]))?;
         if !status.success() {
             bail!("making the synthetic data failed ({status}): {}", shell_join(&synth));
         }
@@ -138,7 +140,13 @@ fn print_plan(resolved: &Resolved, plan: &Plan, log_dir: &Path, hostfile: Option
 }
 
 /// Inside an MPI job each launched `elfin` becomes its rank's trainer.
-fn become_trainer(mpi: &MpiEnv, trainer: &Path, resolved: &Resolved, device: Device, dry_run: bool) -> Result<ExitCode> {
+fn become_trainer(
+    mpi: &MpiEnv,
+    trainer: &Path,
+    resolved: &Resolved,
+    device: Device,
+    dry_run: bool,
+) -> Result<ExitCode> {
     let argv = trainer_command(trainer, resolved, device)?;
     let exported = resolved.exported();
     let assignments: Vec<String> = exported.iter().map(|(k, v)| format!("{k}={v}")).collect();

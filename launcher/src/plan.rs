@@ -53,7 +53,8 @@ pub fn parse_hostfile(text: &str, display: &str) -> Result<Vec<HostEntry>> {
             };
             if matches!(key, "slots" | "cpu" | "count") {
                 let n = value.parse().ok().filter(|&n: &usize| n > 0);
-                slots = Some(n.with_context(|| format!("{display}:{}: `{word}`: slots must be a positive number", i + 1))?);
+                slots =
+                    Some(n.with_context(|| format!("{display}:{}: `{word}`: slots must be a positive number", i + 1))?);
             }
         }
         // Open MPI adds up the slots of a host listed twice.
@@ -87,9 +88,7 @@ impl NodeInfo {
 
 fn count_gpus_with_nvidia_smi() -> Option<usize> {
     let out = std::process::Command::new("nvidia-smi").arg("-L").output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("GPU ")).count())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("GPU ")).count())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +196,11 @@ mod tests {
 
     #[test]
     fn hostfiles_read_as_open_mpi_reads_them() {
-        let hosts = parse_hostfile("# cluster\nnode1 slots=4 max_slots=8\n\nnode2   slots=2 # small\nnode3\nnode2 slots=1\n", "h").unwrap();
+        let hosts = parse_hostfile(
+            "# cluster\nnode1 slots=4 max_slots=8\n\nnode2   slots=2 # small\nnode3\nnode2 slots=1\n",
+            "h",
+        )
+        .unwrap();
         assert_eq!(
             hosts,
             vec![

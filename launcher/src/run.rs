@@ -199,7 +199,8 @@ pub fn run_job(mpirun: &CommandLine, log_dir: &Path, ranks: usize) -> Result<Exi
 /// its output in `LOG_DIR/rank-N.log` (rank 0's also on the console),
 /// forwards signals, and reports a failure to the launcher.
 pub fn run_rank(log_dir: &Path, trainer: &[String]) -> Result<ExitCode> {
-    let mpi = mpi_env::detect_here().context("`elfin rank` is started by `elfin launch` through mpirun, not by hand")?;
+    let mpi =
+        mpi_env::detect_here().context("`elfin rank` is started by `elfin launch` through mpirun, not by hand")?;
     // If mpirun (or its daemon) goes, so do we, and with us the trainer.
     die_with_parent(libc::SIGTERM);
     std::fs::create_dir_all(log_dir).with_context(|| format!("creating log dir {}", log_dir.display()))?;

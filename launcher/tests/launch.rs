@@ -87,7 +87,11 @@ fn line<'a>(stdout: &'a str, prefix: &str) -> &'a str {
 fn presets_lists_builtin_and_own_presets_and_show_prints_variables_then_the_command() {
     let sb = Sandbox::new();
     std::fs::create_dir(sb.path("mine")).unwrap();
-    std::fs::write(sb.path("mine/tiny_caption.sh"), "# my own: the demo with more updates\nsource demo_caption_el.sh\nmax_update=300\n").unwrap();
+    std::fs::write(
+        sb.path("mine/tiny_caption.sh"),
+        "# my own: the demo with more updates\nsource demo_caption_el.sh\nmax_update=300\n",
+    )
+    .unwrap();
     let listing = ok(sb.elfin(0).args(["presets", "--preset-dir", "mine"]));
     for (name, task) in [
         ("caption_stage1_el", "caption"),
@@ -102,11 +106,20 @@ fn presets_lists_builtin_and_own_presets_and_show_prints_variables_then_the_comm
         let row = line(&listing, &format!("{name} "));
         assert_eq!(row.split_whitespace().nth(1), Some(task), "{row}");
     }
-    assert!(line(&listing, "tiny_caption ").contains("my own") && line(&listing, "tiny_caption ").contains("mine/tiny_caption.sh"));
+    assert!(
+        line(&listing, "tiny_caption ").contains("my own")
+            && line(&listing, "tiny_caption ").contains("mine/tiny_caption.sh")
+    );
     assert!(!listing.contains("_ofa_el_common"), "pieces for `source` are not presets");
 
     // ELFIN_PRESET_PATH finds it too; show prints NAME=value lines, then the command.
-    let shown = ok(sb.elfin(0).env("ELFIN_PRESET_PATH", sb.path("mine")).args(["presets", "show", "tiny_caption", "--set", "lr=2e-4"]));
+    let shown = ok(sb.elfin(0).env("ELFIN_PRESET_PATH", sb.path("mine")).args([
+        "presets",
+        "show",
+        "tiny_caption",
+        "--set",
+        "lr=2e-4",
+    ]));
     let lines: Vec<&str> = shown.lines().collect();
     assert_eq!(lines[0], format!("DATA_ROOT={}", sb.path("data").display()));
     assert!(lines.contains(&"max_update=300") && lines.contains(&"lr=2e-4") && lines.contains(&"arch=ofa_micro"));
@@ -168,7 +181,8 @@ fn dry_run_on_one_node_with_four_gpus() {
     // The reference's GPUs 4-7 do not exist on a 4-GPU node: say what to do.
     let (out, _, stderr) = run(sb.elfin(4).args(["launch", "--preset", "refcocog_el", "--dry-run"]));
     assert!(!out.status.success() && stderr.contains("--set CUDA_VISIBLE_DEVICES="), "{stderr}");
-    let stdout = ok(sb.elfin(4).args(["launch", "--preset", "refcocog_el", "--dry-run", "--set", "CUDA_VISIBLE_DEVICES=0,1"]));
+    let stdout =
+        ok(sb.elfin(4).args(["launch", "--preset", "refcocog_el", "--dry-run", "--set", "CUDA_VISIBLE_DEVICES=0,1"]));
     assert!(line(&stdout, "command:").contains(" -np 2 "));
 }
 
@@ -183,7 +197,16 @@ fn dry_run_on_two_nodes_from_a_hostfile() {
     for part in [" -np 8 --host node-a:4,node-b:4 ", " -x PATH ", "--device=cuda", "--eval-acc", "MASTER_PORT=6051"] {
         assert!(command.contains(part), "`{part}` in {command}");
     }
-    let stdout = ok(sb.elfin(0).args(["launch", "--preset", "refcoco_el", "--hostfile", "hosts", "--nproc-per-node", "2", "--dry-run"]));
+    let stdout = ok(sb.elfin(0).args([
+        "launch",
+        "--preset",
+        "refcoco_el",
+        "--hostfile",
+        "hosts",
+        "--nproc-per-node",
+        "2",
+        "--dry-run",
+    ]));
     assert!(line(&stdout, "command:").contains(" -np 4 --host node-a:2,node-b:2 "));
 }
 
@@ -191,35 +214,73 @@ fn dry_run_on_two_nodes_from_a_hostfile() {
 fn dry_run_on_the_cpu() {
     let sb = Sandbox::new();
     let cpus = std::thread::available_parallelism().unwrap().get();
-    let stdout = ok(sb.elfin(8).args(["launch", "--preset", "caption_stage1_el", "--cpu", "--nproc-per-node", "1", "--dry-run"]));
+    let stdout = ok(sb.elfin(8).args([
+        "launch",
+        "--preset",
+        "caption_stage1_el",
+        "--cpu",
+        "--nproc-per-node",
+        "1",
+        "--dry-run",
+    ]));
     assert_eq!(line(&stdout, "device:"), "device:  CPU (--cpu)");
     let command = line(&stdout, "command:");
-    assert!(command.contains(&format!("OMP_NUM_THREADS={cpus} ")) && command.contains(&format!("--map-by slot:PE={cpus} --bind-to hwthread")), "{command}");
+    assert!(
+        command.contains(&format!("OMP_NUM_THREADS={cpus} "))
+            && command.contains(&format!("--map-by slot:PE={cpus} --bind-to hwthread")),
+        "{command}"
+    );
     assert!(command.ends_with("--device=cpu") && !command.contains("--oversubscribe"), "{command}");
 
     // The demo hides the GPUs itself; more ranks than CPUs oversubscribe.
     let many = (cpus + 1).to_string();
-    let stdout = ok(sb.elfin(8).args(["launch", "--preset", "demo_refcoco_el", "--nproc-per-node", &many, "--dry-run"]));
+    let stdout =
+        ok(sb.elfin(8).args(["launch", "--preset", "demo_refcoco_el", "--nproc-per-node", &many, "--dry-run"]));
     assert_eq!(line(&stdout, "device:"), "device:  CPU (no GPU visible)");
     let command = line(&stdout, "command:");
-    assert!(command.contains(" --bind-to none --oversubscribe ") && command.contains("OMP_NUM_THREADS=1 "), "{command}");
+    assert!(
+        command.contains(" --bind-to none --oversubscribe ") && command.contains("OMP_NUM_THREADS=1 "),
+        "{command}"
+    );
     let synth = line(&stdout, "first:");
-    assert_eq!(synth, format!("first:   {} synth --task refcoco --out {}", sb.path("fake-train").display(), sb.path("data/synth/refcoco").display()));
+    assert_eq!(
+        synth,
+        format!(
+            "first:   {} synth --task refcoco --out {}",
+            sb.path("fake-train").display(),
+            sb.path("data/synth/refcoco").display()
+        )
+    );
 }
 
 #[test]
 fn inside_an_mpi_job_launch_becomes_the_trainer() {
     let sb = Sandbox::new();
-    let stdout = ok(sb.elfin(0).env("OMPI_COMM_WORLD_RANK", "1").args(["launch", "--preset", "refcoco_el", "--cpu", "--dry-run"]));
+    let stdout = ok(sb.elfin(0).env("OMPI_COMM_WORLD_RANK", "1").args([
+        "launch",
+        "--preset",
+        "refcoco_el",
+        "--cpu",
+        "--dry-run",
+    ]));
     assert!(line(&stdout, "mpi:").contains("OMPI_COMM_WORLD_RANK=1"));
     let exec = line(&stdout, "exec:");
-    assert!(exec.starts_with(&format!("exec:    MASTER_PORT=6051 CUDA_VISIBLE_DEVICES=0,1,2,3 {} train ", sb.path("fake-train").display())), "{exec}");
+    assert!(
+        exec.starts_with(&format!(
+            "exec:    MASTER_PORT=6051 CUDA_VISIBLE_DEVICES=0,1,2,3 {} train ",
+            sb.path("fake-train").display()
+        )),
+        "{exec}"
+    );
     assert!(exec.ends_with("--device=cpu") && !stdout.contains("mpirun"), "{stdout}");
 
     // For real: the same process (same pid) turns into the trainer, with the preset's exports.
     for (var, extra) in [("PMI_RANK", None), ("SLURM_PROCID", Some(("SLURM_STEP_ID", "0")))] {
         let mut cmd = sb.elfin(0);
-        cmd.env(var, "0").args(["launch", "--preset", "refcoco_el", "--set", "max_update=7"]).stdout(Stdio::piped()).stderr(Stdio::null());
+        cmd.env(var, "0")
+            .args(["launch", "--preset", "refcoco_el", "--set", "max_update=7"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
         if let Some((k, v)) = extra {
             cmd.env(k, v);
         }
@@ -245,9 +306,13 @@ fn wait_for(path: &Path, limit: Duration) {
 #[test]
 fn two_cpu_ranks_run_with_one_log_each_and_rank_0_on_the_console() {
     let sb = Sandbox::new();
-    let (out, stdout, stderr) = run(sb.elfin(0).args(["launch", "--preset", "demo_caption_el", "--nproc-per-node", "2", "--log-dir", "logs"]));
+    let (out, stdout, stderr) =
+        run(sb.elfin(0).args(["launch", "--preset", "demo_caption_el", "--nproc-per-node", "2", "--log-dir", "logs"]));
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(sb.path("data/synth/caption/train.tsv").exists() && stdout.contains("synth made"), "the demo makes its data first");
+    assert!(
+        sb.path("data/synth/caption/train.tsv").exists() && stdout.contains("synth made"),
+        "the demo makes its data first"
+    );
     assert!(stdout.contains("rank=0 ") && !stdout.contains("rank=1 "), "{stdout}");
     assert!(stderr.contains("stderr of rank 0") && !stderr.contains("stderr of rank 1"), "{stderr}");
     assert!(stderr.contains("all 2 ranks finished"), "{stderr}");
@@ -261,11 +326,15 @@ fn two_cpu_ranks_run_with_one_log_each_and_rank_0_on_the_console() {
 #[test]
 fn a_failing_rank_gives_its_exit_code_and_names_its_log() {
     let sb = Sandbox::new();
-    let (out, stdout, stderr) = run(sb
-        .elfin(0)
-        .env("FAIL_RANK", "1")
-        .env("SLEEP", "30")
-        .args(["launch", "--preset", "demo_caption_el", "--nproc-per-node", "2", "--log-dir", "logs"]));
+    let (out, stdout, stderr) = run(sb.elfin(0).env("FAIL_RANK", "1").env("SLEEP", "30").args([
+        "launch",
+        "--preset",
+        "demo_caption_el",
+        "--nproc-per-node",
+        "2",
+        "--log-dir",
+        "logs",
+    ]));
     assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
     let log = sb.path("logs/rank-1.log");
     assert!(stderr.contains(&format!("rank 1 failed with exit code 3; its log: {}", log.display())), "{stderr}");
@@ -289,7 +358,8 @@ fn ctrl_c_stops_every_rank() {
     for f in &pid_files {
         wait_for(f, Duration::from_secs(30));
     }
-    let pids: Vec<i32> = pid_files.iter().map(|f| std::fs::read_to_string(f).unwrap().trim().parse().unwrap()).collect();
+    let pids: Vec<i32> =
+        pid_files.iter().map(|f| std::fs::read_to_string(f).unwrap().trim().parse().unwrap()).collect();
     // SAFETY: signals a process this test started.
     unsafe { libc::kill(launcher.id() as i32, libc::SIGINT) };
     let sent = Instant::now();

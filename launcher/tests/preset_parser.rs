@@ -27,7 +27,8 @@ fn eval_with(files: &[(&'static str, &'static str)], pins: &[(&str, &str)]) -> R
     let pinned: HashMap<String, String> = pins.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let mut ev = Evaluator::new(&env, &files, &pinned);
     ev.predefine("DATA_ROOT", "/data");
-    let main = files.load("main.sh", &PresetFile { display: String::new(), key: String::new(), text: String::new() }).unwrap();
+    let main =
+        files.load("main.sh", &PresetFile { display: String::new(), key: String::new(), text: String::new() }).unwrap();
     ev.eval(&main)?;
     Ok(ev.finish())
 }
@@ -117,10 +118,7 @@ fn source_builds_on_another_preset_and_later_lines_win() {
         ("base2.sh", "derived=$lr\n"),
     ];
     let vars = eval_with(&files, &[]).unwrap();
-    assert_eq!(
-        values(&vars),
-        pairs(&[("lr", "3e-5"), ("save", "./out/1e-5"), ("PORT", "1"), ("derived", "3e-5")])
-    );
+    assert_eq!(values(&vars), pairs(&[("lr", "3e-5"), ("save", "./out/1e-5"), ("PORT", "1"), ("derived", "3e-5")]));
     let lr = vars.iter().find(|v| v.name == "lr").unwrap();
     assert_eq!((lr.file.as_str(), lr.line), ("main.sh", 3));
 }

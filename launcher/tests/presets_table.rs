@@ -83,7 +83,13 @@ fn table() -> Vec<Row> {
         ("freeze_decoder_embedding", caption_only("true")),
         (
             "log_dir",
-            [Some("./stage1_logs"), Some("./stage1_logs"), Some("./refcoco_logs"), Some("./refcocoplus_logs"), Some("./refcocog_logs")],
+            [
+                Some("./stage1_logs"),
+                Some("./stage1_logs"),
+                Some("./refcoco_logs"),
+                Some("./refcocoplus_logs"),
+                Some("./refcocog_logs"),
+            ],
         ),
         (
             "save_path",
@@ -101,22 +107,55 @@ fn table() -> Vec<Row> {
 /// The flags §8.1 lists as identical in all five scripts (without --user-dir,
 /// the reference's Python plugin directory), with the BPE files under the data root.
 const COMMON: &[&str] = &[
-    "--reset-optimizer", "--reset-dataloader", "--reset-meters",
-    "--encoder-normalize-before", "--decoder-normalize-before", "--share-decoder-input-output-embed",
-    "--share-all-embeddings", "--layernorm-embedding", "--patch-layernorm-embedding",
-    "--code-layernorm-embedding", "--add-type-embedding", "--scale-attn", "--scale-fc", "--scale-heads",
-    "--disable-entangle", "--weight-decay=0.01", "--optimizer=adam", "--adam-betas=(0.9,0.999)",
-    "--adam-eps=1e-08", "--clip-norm=1.0", "--lr-scheduler=polynomial_decay", "--log-format=simple",
-    "--log-interval=10", "--fixed-validation-seed=7", "--no-epoch-checkpoints", "--keep-best-checkpoints=1",
-    "--save-interval=1", "--validate-interval=1", "--save-interval-updates=500",
-    "--validate-interval-updates=500", "--find-unused-parameters", "--fp16", "--fp16-scale-window=512",
-    "--num-workers=0", "--bpe-dir=/data/BPE",
+    "--reset-optimizer",
+    "--reset-dataloader",
+    "--reset-meters",
+    "--encoder-normalize-before",
+    "--decoder-normalize-before",
+    "--share-decoder-input-output-embed",
+    "--share-all-embeddings",
+    "--layernorm-embedding",
+    "--patch-layernorm-embedding",
+    "--code-layernorm-embedding",
+    "--add-type-embedding",
+    "--scale-attn",
+    "--scale-fc",
+    "--scale-heads",
+    "--disable-entangle",
+    "--weight-decay=0.01",
+    "--optimizer=adam",
+    "--adam-betas=(0.9,0.999)",
+    "--adam-eps=1e-08",
+    "--clip-norm=1.0",
+    "--lr-scheduler=polynomial_decay",
+    "--log-format=simple",
+    "--log-interval=10",
+    "--fixed-validation-seed=7",
+    "--no-epoch-checkpoints",
+    "--keep-best-checkpoints=1",
+    "--save-interval=1",
+    "--validate-interval=1",
+    "--save-interval-updates=500",
+    "--validate-interval-updates=500",
+    "--find-unused-parameters",
+    "--fp16",
+    "--fp16-scale-window=512",
+    "--num-workers=0",
+    "--bpe-dir=/data/BPE",
 ];
 
 /// Flags the reference never passes, so their defaults apply.
 const NEVER_PASSED: &[&str] = &[
-    "seed", "max-update", "end-learning-rate", "power", "imagenet-default-mean-and-std", "max-image-size",
-    "code-dict-size", "constraint-range", "sentence-avg", "report-accuracy",
+    "seed",
+    "max-update",
+    "end-learning-rate",
+    "power",
+    "imagenet-default-mean-and-std",
+    "max-image-size",
+    "code-dict-size",
+    "constraint-range",
+    "sentence-avg",
+    "report-accuracy",
 ];
 
 fn no_env(_: &str) -> Option<String> {
@@ -144,10 +183,10 @@ fn each_reference_preset_resolves_to_the_spec_table() {
         }
         assert_eq!(
             r.exported(),
-            vec![("MASTER_PORT".to_string(), table()[0].1[i].unwrap().to_string()), (
-                "CUDA_VISIBLE_DEVICES".to_string(),
-                table()[1].1[i].unwrap().to_string()
-            )],
+            vec![
+                ("MASTER_PORT".to_string(), table()[0].1[i].unwrap().to_string()),
+                ("CUDA_VISIBLE_DEVICES".to_string(), table()[1].1[i].unwrap().to_string())
+            ],
             "{name}: the reference exports exactly these"
         );
         // Nothing more, nothing less reaches the trainer.
@@ -230,7 +269,8 @@ fn every_preset_file_is_valid_shell_that_bash_reads_the_same_way() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
-        let from_bash: Vec<String> = out.stdout.split(|&b| b == 0).map(|f| String::from_utf8_lossy(f).to_string()).collect();
+        let from_bash: Vec<String> =
+            out.stdout.split(|&b| b == 0).map(|f| String::from_utf8_lossy(f).to_string()).collect();
         for (var, bash_value) in r.vars.iter().zip(from_bash) {
             assert_eq!(var.value, bash_value, "{name}: {}", var.name);
         }

@@ -19,7 +19,9 @@ fn two_caption_runs_and_a_grounding_run() {
     assert!(html.starts_with("<!DOCTYPE html>"));
     // No external resources: everything is inline.
     assert!(!html.contains("src=\"http") && !html.contains("href=") && !html.contains("<script"));
-    for title in ["train loss", "train nll_loss", "learning rate", "gradient norm", "validation cider", "validation score"] {
+    for title in
+        ["train loss", "train nll_loss", "learning rate", "gradient norm", "validation cider", "validation score"]
+    {
         assert!(html.contains(&format!("alt=\"{title}\"")), "missing chart {title}");
     }
     let pngs = embedded_pngs(&html);

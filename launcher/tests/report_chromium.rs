@@ -36,7 +36,11 @@ fn chromium_loads_every_image() {
     let out = chromium(&["--virtual-time-budget=5000", "--dump-dom", &url], &dir.path().join("profile"));
     let dom = String::from_utf8_lossy(&out.stdout);
     let expected = format!("data-probe=\"images={images} loaded={images}\"");
-    assert!(dom.contains(&expected), "expected {expected} in the dumped DOM; stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        dom.contains(&expected),
+        "expected {expected} in the dumped DOM; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let shot = dir.path().join("shot.png");
     let page = format!("file://{}", dir.path().join("report.html").display());

@@ -52,7 +52,9 @@ fn parameter_shapes(path: &str) -> Result<Vec<(String, Vec<i64>)>> {
     let mut shapes = Vec::new();
     for (line_no, line) in text.lines().enumerate() {
         let cols: Vec<&str> = line.split('\t').collect();
-        let [name, shape, dtype, file] = cols[..] else { bail!("{path}:{}: expected 4 tab-separated columns", line_no + 1) };
+        let [name, shape, dtype, file] = cols[..] else {
+            bail!("{path}:{}: expected 4 tab-separated columns", line_no + 1)
+        };
         let buffer = ["running_mean", "running_var", ".version"].iter().any(|s| name.ends_with(s));
         if dtype != "float32" || file.starts_with("alias") || buffer {
             continue;
@@ -60,7 +62,11 @@ fn parameter_shapes(path: &str) -> Result<Vec<(String, Vec<i64>)>> {
         let dims = if shape == "scalar" {
             vec![]
         } else {
-            shape.split('x').map(|d| d.parse::<i64>()).collect::<Result<_, _>>().with_context(|| format!("{path}:{}: shape {shape}", line_no + 1))?
+            shape
+                .split('x')
+                .map(|d| d.parse::<i64>())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("{path}:{}: shape {shape}", line_no + 1))?
         };
         shapes.push((name.to_string(), dims));
     }
@@ -90,8 +96,10 @@ fn bench(world: &World) -> Result<()> {
     };
     let pg = ProcessGroup::new(world, &DistArgs { ddp_backend: backend, ..DistArgs::default() }, device)?;
     let shapes = parameter_shapes(&o.shapes)?;
-    let params: Vec<(String, Tensor)> =
-        shapes.iter().map(|(n, s)| (n.clone(), Tensor::zeros(s.as_slice(), (Kind::Float, device)).set_requires_grad(true))).collect();
+    let params: Vec<(String, Tensor)> = shapes
+        .iter()
+        .map(|(n, s)| (n.clone(), Tensor::zeros(s.as_slice(), (Kind::Float, device)).set_requires_grad(true)))
+        .collect();
     // One backward gives every parameter a gradient of ones.
     params.iter().map(|(_, p)| p.sum(Kind::Float)).reduce(|a, b| a + b).context("no parameters")?.backward();
     let numel: i64 = params.iter().map(|(_, p)| p.numel() as i64).sum();
@@ -111,7 +119,10 @@ fn bench(world: &World) -> Result<()> {
             Ok(())
         }
     };
-    let mut sync = GradSync::new(params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect(), (o.bucket_cap_mb * 1e6) as usize)?;
+    let mut sync = GradSync::new(
+        params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect(),
+        (o.bucket_cap_mb * 1e6) as usize,
+    )?;
     let mut grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).collect();
     if world.is_main() {
         println!(

@@ -60,7 +60,8 @@ fn forward_flops(cfg: &OfaConfig, image: i64) -> f64 {
     let te = patches + SRC_LEN as f64;
     let td = TGT_LEN as f64;
     let enc_layer = te * (4.0 * c * c + 2.0 * c * f) + 2.0 * te * te * c;
-    let dec_layer = td * (4.0 * c * c + 2.0 * c * c + 2.0 * c * f) + te * 2.0 * c * c + 2.0 * td * td * c + 2.0 * td * te * c;
+    let dec_layer =
+        td * (4.0 * c * c + 2.0 * c * c + 2.0 * c * f) + te * 2.0 * c * c + 2.0 * td * td * c + 2.0 * td * te * c;
     let biases = (te + 2.0 * td) * 2.0 * c * c + te * 2.0 * c * c + (te * te + td * td + td * te) * c;
     let macs = conv
         + patches * 1024.0 * c
@@ -116,7 +117,9 @@ fn time_step(case: &Case, device: Device, iters: usize) -> (OfaConfig, f64, f64)
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let gpu = args.iter().any(|a| a == "--gpu") || std::env::var("ELFIN_BENCH_DEVICE").is_ok_and(|d| d == "cuda");
-    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(|v| v.parse::<f64>().expect(flag));
+    let value = |flag: &str| {
+        args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(|v| v.parse::<f64>().expect(flag))
+    };
     let peak_tflops = value("--peak-tflops").unwrap_or(989.0);
     let (device, cases, iters) = if gpu {
         assert!(tch::Cuda::is_available(), "--gpu needs a CUDA device");
@@ -132,7 +135,10 @@ fn main() {
         ];
         (Device::Cpu, cases, value("--iters").unwrap_or(5.0) as usize)
     };
-    println!("device {device:?}, {} threads, batch {BATCH}, {SRC_LEN} source + {TGT_LEN} target tokens, V = {VOCAB}", tch::get_num_threads());
+    println!(
+        "device {device:?}, {} threads, batch {BATCH}, {SRC_LEN} source + {TGT_LEN} target tokens, V = {VOCAB}",
+        tch::get_num_threads()
+    );
     let only = args.iter().position(|a| a == "--arch").and_then(|i| args.get(i + 1));
     for case in cases.iter().filter(|c| only.is_none_or(|a| a == c.arch)) {
         tch::manual_seed(1);

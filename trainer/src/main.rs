@@ -23,6 +23,8 @@ enum Command {
     Train(Box<elfin_trainer::train::TrainArgs>),
     /// Validate a checkpoint (or the untrained model): write predictions and print the scores.
     Eval(Box<elfin_trainer::train::eval_cli::EvalCmdArgs>),
+    /// Caption an image, or find the box of a referring expression, with a trained checkpoint.
+    Predict(elfin_trainer::train::predict_cli::PredictArgs),
     /// Score a saved predictions file with the validation metrics (CIDEr-D, Acc@0.5).
     Score(elfin_trainer::eval::score_cli::ScoreArgs),
     /// Tokenize lines of standard input with an OFA BPE folder: one JSON line `{"text", "ids"}` each.
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
     let result: anyhow::Result<()> = match command {
         Command::Train(args) => elfin_trainer::train::run(*args),
         Command::Eval(args) => elfin_trainer::train::eval_cli::run(*args),
+        Command::Predict(args) => elfin_trainer::train::predict_cli::run(args),
         Command::Score(args) => elfin_trainer::eval::score_cli::run(args),
         Command::Tokenize(args) => elfin_trainer::data::cli::run_tokenize(&args),
         Command::Synth(args) => elfin_trainer::data::synth::run(&args),

@@ -27,13 +27,21 @@ pub struct UpdateStats {
     pub clipped: Option<bool>,
     /// Seconds spent in this train step.
     pub train_wall: f64,
+    /// Of `train_wall`, the seconds in the model's forward and backward passes
+    /// (the rest is the loss, the all-reduces and the optimiser).
+    pub fwd_bwd_wall: f64,
 }
 
 enum Meter {
     /// Weighted mean: Σ value·weight / Σ weight.
-    Average { sum: f64, weight: f64 },
+    Average {
+        sum: f64,
+        weight: f64,
+    },
     /// Count per second since the last reset.
-    Speed { count: f64 },
+    Speed {
+        count: f64,
+    },
     Sum(f64),
     Last(f64),
 }
@@ -46,8 +54,25 @@ pub struct Meters {
 }
 
 const ORDER: &[&str] = &[
-    "loss", "nll_loss", "ntokens", "nsentences", "sample_size", "ppl", "wps", "ups", "wpb", "bsz", "num_updates",
-    "lr", "gnorm", "clip", "loss_scale", "train_wall", "gb_free", "wall",
+    "loss",
+    "nll_loss",
+    "ntokens",
+    "nsentences",
+    "sample_size",
+    "ppl",
+    "wps",
+    "ups",
+    "wpb",
+    "bsz",
+    "num_updates",
+    "lr",
+    "gnorm",
+    "clip",
+    "loss_scale",
+    "train_wall",
+    "fwd_bwd_wall",
+    "gb_free",
+    "wall",
 ];
 
 /// Decimals shown on the console (the reference's rounding); `None` = as is.
@@ -57,7 +82,7 @@ fn decimals(key: &str) -> Option<usize> {
         "ppl" | "ups" => Some(2),
         "wps" | "wpb" | "bsz" | "clip" | "gb_free" => Some(1),
         "loss_scale" => Some(4),
-        "train_wall" | "wall" | "num_updates" => Some(0),
+        "train_wall" | "fwd_bwd_wall" | "wall" | "num_updates" => Some(0),
         _ => None,
     }
 }
@@ -127,6 +152,7 @@ impl Meters {
             self.average("clip", if clipped { 100.0 } else { 0.0 }, 1.0);
         }
         self.sum("train_wall", s.train_wall);
+        self.sum("fwd_bwd_wall", s.fwd_bwd_wall);
     }
 
     /// Current values in print order, with `ppl = 2^nll_loss` (the
@@ -138,7 +164,13 @@ impl Meters {
             .iter()
             .map(|(k, m)| {
                 let v = match *m {
-                    Meter::Average { sum, weight } => if weight > 0.0 { sum / weight } else { 0.0 },
+                    Meter::Average { sum, weight } => {
+                        if weight > 0.0 {
+                            sum / weight
+                        } else {
+                            0.0
+                        }
+                    }
                     Meter::Speed { count } => count / elapsed,
                     Meter::Sum(v) | Meter::Last(v) => v,
                 };
@@ -148,7 +180,8 @@ impl Meters {
         if let Some(nll) = out.iter().find(|(k, _)| k == "nll_loss").map(|(_, v)| *v) {
             out.push(("ppl".to_string(), 2f64.powf(nll)));
         }
-        let rank = |k: &str| ORDER.iter().position(|o| *o == k).unwrap_or(ORDER.iter().position(|o| *o == "ppl").unwrap_or(0));
+        let rank =
+            |k: &str| ORDER.iter().position(|o| *o == k).unwrap_or(ORDER.iter().position(|o| *o == "ppl").unwrap_or(0));
         out.sort_by_key(|(k, _)| rank(k));
         out
     }
@@ -165,7 +198,13 @@ fn python_g(v: f64) -> String {
         return "0".into();
     }
     if !v.is_finite() {
-        return if v.is_nan() { "nan".into() } else if v > 0.0 { "inf".into() } else { "-inf".into() };
+        return if v.is_nan() {
+            "nan".into()
+        } else if v > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        };
     }
     let trim = |s: String| {
         if s.contains('.') {
@@ -259,7 +298,9 @@ impl Console {
     pub fn new() -> Self {
         // mpirun hands ranks a pseudo-terminal; a bar there would hide the
         // log lines that cluster users read, so ranks print plain lines.
-        let under_mpi = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"].iter().any(|v| std::env::var_os(v).is_some());
+        let under_mpi = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some());
         Console { bar: None, interactive: std::io::stdout().is_terminal() && !under_mpi }
     }
 
@@ -268,8 +309,10 @@ impl Console {
         self.finish_bar();
         if self.interactive {
             let bar = ProgressBar::new(total);
-            let style = ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let style = ProgressStyle::with_template(
+                "epoch {prefix} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
             bar.set_prefix(format!("{epoch:03}"));
             self.bar = Some(bar);
@@ -353,7 +396,14 @@ impl MetricsJsonl {
     /// Appends `{"kind": …, "epoch": …, "num_updates": …, "scope": …, <values>}`;
     /// `scope` is `interval`, `epoch` or `valid`. Values are unrounded;
     /// non-finite ones are written as null.
-    pub fn write(&mut self, kind: RecordKind, epoch: u64, num_updates: u64, scope: Scope, values: &[(String, f64)]) -> Result<()> {
+    pub fn write(
+        &mut self,
+        kind: RecordKind,
+        epoch: u64,
+        num_updates: u64,
+        scope: Scope,
+        values: &[(String, f64)],
+    ) -> Result<()> {
         let kind = match kind {
             RecordKind::Train => "train",
             RecordKind::Valid => "valid",
@@ -363,9 +413,11 @@ impl MetricsJsonl {
             Scope::Epoch => "epoch",
             Scope::Valid => "valid",
         };
-        let mut line = format!("{{\"kind\":\"{kind}\",\"epoch\":{epoch},\"num_updates\":{num_updates},\"scope\":\"{scope}\"");
+        let mut line =
+            format!("{{\"kind\":\"{kind}\",\"epoch\":{epoch},\"num_updates\":{num_updates},\"scope\":\"{scope}\"");
         for (key, value) in values.iter().filter(|(k, _)| k != "num_updates") {
-            let number = serde_json::Number::from_f64(*value).map_or(serde_json::Value::Null, serde_json::Value::Number);
+            let number =
+                serde_json::Number::from_f64(*value).map_or(serde_json::Value::Null, serde_json::Value::Number);
             line.push_str(&format!(",{}:{}", serde_json::Value::String(key.clone()), number));
         }
         line.push_str("}\n");

@@ -3,7 +3,8 @@
 
 use clap::Parser;
 use elfin_trainer::checkpoint::{
-    is_elfin_checkpoint, load_checkpoint, save_checkpoint, CheckpointArgs, CheckpointSaver, CheckpointState, Progress, RngState, LAST,
+    is_elfin_checkpoint, load_checkpoint, save_checkpoint, CheckpointArgs, CheckpointSaver, CheckpointState, Progress,
+    RngState, LAST,
 };
 use elfin_trainer::optim::adam::Moments;
 use elfin_trainer::optim::{AdamState, LossScalerState};
@@ -49,7 +50,10 @@ fn round_trip_is_bit_exact_with_all_metadata() {
     let mut moments = BTreeMap::new();
     moments.insert(
         "encoder.layers.0.fc1.weight".to_string(),
-        Moments { exp_avg: Tensor::randn([7, 5], (Kind::Float, tch::Device::Cpu)), exp_avg_sq: Tensor::rand([7, 5], (Kind::Float, tch::Device::Cpu)) },
+        Moments {
+            exp_avg: Tensor::randn([7, 5], (Kind::Float, tch::Device::Cpu)),
+            exp_avg_sq: Tensor::rand([7, 5], (Kind::Float, tch::Device::Cpu)),
+        },
     );
     let scaler = LossScalerState {
         scale: 64.0,
@@ -72,7 +76,8 @@ fn round_trip_is_bit_exact_with_all_metadata() {
         previous_training_time: 4321.5,
     };
     let rng = RngState { seed: 1, counters: BTreeMap::from([("shuffle_epoch".to_string(), 3)]) };
-    let config = serde_json::json!({"lr": 1e-5, "arch": "ofa_micro", "adam_betas": [0.9, 0.999], "nested": {"x": [1, 2]}});
+    let config =
+        serde_json::json!({"lr": 1e-5, "arch": "ofa_micro", "adam_betas": [0.9, 0.999], "nested": {"x": [1, 2]}});
     let saved = CheckpointState {
         model,
         optimizer: Some(AdamState { step: 1500, moments }),
@@ -164,7 +169,12 @@ fn a_save_killed_midway_leaves_the_previous_checkpoint_loadable() {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
-        .args(["--exact", "a_save_killed_midway_leaves_the_previous_checkpoint_loadable", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "a_save_killed_midway_leaves_the_previous_checkpoint_loadable",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(KILL_CHILD, dir.path())
         .stdout(Stdio::piped())
         .spawn()
@@ -210,8 +220,17 @@ fn saver_writes_last_best_interval_and_keeps_one_best() {
     let dir = tempfile::tempdir().unwrap();
     let save_dir = dir.path().to_str().unwrap();
     let args = Cli::try_parse_from([
-        "t", "--save-dir", save_dir, "--save-interval-updates", "500", "--no-epoch-checkpoints",
-        "--keep-best-checkpoints", "1", "--best-checkpoint-metric", "cider", "--maximize-best-checkpoint-metric",
+        "t",
+        "--save-dir",
+        save_dir,
+        "--save-interval-updates",
+        "500",
+        "--no-epoch-checkpoints",
+        "--keep-best-checkpoints",
+        "1",
+        "--best-checkpoint-metric",
+        "cider",
+        "--maximize-best-checkpoint-metric",
     ])
     .unwrap()
     .checkpoint;
@@ -223,8 +242,11 @@ fn saver_writes_last_best_interval_and_keeps_one_best() {
     s.progress.num_updates = 1200;
     s.progress.end_of_epoch = true;
     saver.save(&mut s, Some(1.403)).unwrap();
-    let mut files: Vec<String> =
-        std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     files.sort();
     assert_eq!(
         files,

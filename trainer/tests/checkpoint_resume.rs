@@ -25,7 +25,8 @@ fn args(extra: &[&str]) -> CheckpointArgs {
     Cli::try_parse_from(["t", "--save-dir", "run"].iter().chain(extra)).unwrap().checkpoint
 }
 
-const OFA: [&str; 5] = ["--restore-file", "ofa_large.safetensors", "--reset-optimizer", "--reset-dataloader", "--reset-meters"];
+const OFA: [&str; 5] =
+    ["--restore-file", "ofa_large.safetensors", "--reset-optimizer", "--reset-dataloader", "--reset-meters"];
 
 #[test]
 fn checkpoint_last_in_the_save_dir_wins_over_restore_file() {
@@ -71,12 +72,14 @@ fn reset_flags_drop_optimizer_position_and_meters_only_when_restoring() {
         rng: RngState::default(),
         config: serde_json::Value::Null,
     };
-    let restore = LoadPlan::Restore { path: "x".into(), reset_optimizer: true, reset_dataloader: true, reset_meters: true };
+    let restore =
+        LoadPlan::Restore { path: "x".into(), reset_optimizer: true, reset_dataloader: true, reset_meters: true };
     let s = restore.apply(loaded());
     assert!(s.optimizer.is_none());
     assert_eq!(s.progress, Progress { epoch: 1, ..Progress::default() });
     assert_eq!(s.progress.resume_position(), (1, 0));
-    let keep = LoadPlan::Restore { path: "x".into(), reset_optimizer: false, reset_dataloader: false, reset_meters: false };
+    let keep =
+        LoadPlan::Restore { path: "x".into(), reset_optimizer: false, reset_dataloader: false, reset_meters: false };
     assert_eq!(keep.apply(loaded()).progress.num_updates, 900);
     let resumed = LoadPlan::Resume { path: "x".into() }.apply(loaded());
     assert_eq!((resumed.progress.num_updates, resumed.progress.best), (900, Some(0.9)));
@@ -85,16 +88,31 @@ fn reset_flags_drop_optimizer_position_and_meters_only_when_restoring() {
 
 #[test]
 fn save_points_and_names_follow_the_reference_flags() {
-    let a = args(&["--save-interval-updates", "500", "--no-epoch-checkpoints", "--keep-best-checkpoints", "1",
-        "--best-checkpoint-metric", "score", "--maximize-best-checkpoint-metric"]);
+    let a = args(&[
+        "--save-interval-updates",
+        "500",
+        "--no-epoch-checkpoints",
+        "--keep-best-checkpoints",
+        "1",
+        "--best-checkpoint-metric",
+        "score",
+        "--maximize-best-checkpoint-metric",
+    ]);
     assert!(!should_save(&a, 1, 499, false));
     assert!(should_save(&a, 1, 500, false));
     assert!(should_save(&a, 1, 943, true));
     assert!(!should_save(&a, 1, 0, false));
 
     let p = plan_save(&a, 1, 500, false, Some(0.8512), None, &[]);
-    assert_eq!(p.names, ["checkpoint_last.safetensors", "checkpoint_1_500.safetensors", "checkpoint_best.safetensors",
-        "checkpoint.best_score_0.8512.safetensors"]);
+    assert_eq!(
+        p.names,
+        [
+            "checkpoint_last.safetensors",
+            "checkpoint_1_500.safetensors",
+            "checkpoint_best.safetensors",
+            "checkpoint.best_score_0.8512.safetensors"
+        ]
+    );
     assert_eq!((p.best, p.remove.len()), (Some(0.8512), 0));
     // A tie overwrites checkpoint_best; a worse value writes neither best file.
     let kept = ["checkpoint.best_score_0.8512.safetensors".to_string()];
@@ -106,7 +124,13 @@ fn save_points_and_names_follow_the_reference_flags() {
     let better = plan_save(&a, 2, 1886, true, Some(0.9), Some(0.8512), &kept);
     assert_eq!(better.remove, kept);
     // Keeping two: the new value enters in order and the worst ones go.
-    let two = args(&["--keep-best-checkpoints", "2", "--best-checkpoint-metric", "score", "--maximize-best-checkpoint-metric"]);
+    let two = args(&[
+        "--keep-best-checkpoints",
+        "2",
+        "--best-checkpoint-metric",
+        "score",
+        "--maximize-best-checkpoint-metric",
+    ]);
     let name = |v: &str| format!("checkpoint.best_score_{v}.safetensors");
     let kept = [name("0.8000"), name("0.9000"), name("0.8500"), "checkpoint.best_cider_0.1000.safetensors".to_string()];
     let p = plan_save(&two, 1, 10, false, Some(0.85), Some(0.9), &kept);
@@ -155,7 +179,11 @@ fn stop_child(dir: &Path, slow: bool) {
     std::process::exit(3);
 }
 
-fn spawn_child(test: &str, dir: &Path, slow: bool) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+fn spawn_child(
+    test: &str,
+    dir: &Path,
+    slow: bool,
+) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(STOP_CHILD, dir)

@@ -62,7 +62,16 @@ fn prints_the_oracle_numbers_and_writes_the_gradient() {
     for imp in ["fused", "reference"] {
         let (code, stdout, stderr) = elfin_train(
             dir.path(),
-            &["--label-smoothing", "0.1", "--constraint-masks", masks.to_str().unwrap(), "--grad-out", grad.to_str().unwrap(), "--impl", imp],
+            &[
+                "--label-smoothing",
+                "0.1",
+                "--constraint-masks",
+                masks.to_str().unwrap(),
+                "--grad-out",
+                grad.to_str().unwrap(),
+                "--impl",
+                imp,
+            ],
         );
         assert_eq!(code, 0, "{stderr}");
         let lines: Vec<&str> = stdout.lines().collect();
@@ -78,7 +87,10 @@ fn prints_the_oracle_numbers_and_writes_the_gradient() {
         assert!(err < 1e-5 * want.abs().max().double_value(&[]), "{imp}: gradient off by {err}");
     }
     // Without masks, c17's logits are c04's batch.
-    let (code, stdout, _) = elfin_train(dir.path(), &["--label-smoothing", "0.1", "--drop-worst-ratio", "0.2", "--drop-worst-after", "10", "--update-num", "20"]);
+    let (code, stdout, _) = elfin_train(
+        dir.path(),
+        &["--label-smoothing", "0.1", "--drop-worst-ratio", "0.2", "--drop-worst-after", "10", "--update-num", "20"],
+    );
     assert_eq!(code, 0);
     let json: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert!((json["loss"].as_f64().unwrap() - 7.825474739074707).abs() < 1e-4, "{json}");
@@ -90,7 +102,11 @@ fn bad_input_is_one_error_line_and_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();
     write_inputs(dir.path());
     Tensor::from_slice(&[1i64, 2, 3]).write_npy(dir.path().join("short_target.npy")).unwrap();
-    Tensor::from_slice(&[10i64, 400, 2, 1, 1, 1, 1]).repeat([3]).view([3, 7]).write_npy(dir.path().join("far_target.npy")).unwrap();
+    Tensor::from_slice(&[10i64, 400, 2, 1, 1, 1, 1])
+        .repeat([3])
+        .view([3, 7])
+        .write_npy(dir.path().join("far_target.npy"))
+        .unwrap();
     let missing = dir.path().join("missing.npy");
     let cases: Vec<(&str, Vec<&str>, &str)> = vec![
         ("target.npy", vec!["--drop-worst-ratio", "1.0"], "drop-worst-ratio"),
@@ -107,7 +123,10 @@ fn bad_input_is_one_error_line_and_exit_code_2() {
         assert_eq!(code, 2, "{args:?}: stdout {stdout} stderr {stderr}");
         assert!(stdout.is_empty(), "{args:?}: {stdout}");
         let lines: Vec<&str> = stderr.lines().collect();
-        assert!(lines.len() == 1 && lines[0].starts_with("elfin-train: error:") && lines[0].contains(expect), "{args:?}: {stderr}");
+        assert!(
+            lines.len() == 1 && lines[0].starts_with("elfin-train: error:") && lines[0].contains(expect),
+            "{args:?}: {stderr}"
+        );
     }
 }
 

@@ -90,10 +90,9 @@ fn check(task: TaskKind, split: Split) {
     assert_eq!(ids(&batch.target), ids(&o["batch.target"]));
     assert_eq!(batch.target.size(), o["batch.target"].size());
     assert_eq!(ids(&ni.patch_masks.to_kind(Kind::Int64)), vec![1; 6]);
-    let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(data_common::oracle_dir().join(format!("{name}.json"))).unwrap(),
-    )
-    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data_common::oracle_dir().join(format!("{name}.json"))).unwrap())
+            .unwrap();
     assert_eq!(batch.ntokens, json["batch"]["ntokens"].as_i64().unwrap());
     assert_eq!(batch.nsentences, 6);
     let want_ids: Vec<String> = (0..6).map(|i| json["items"][i]["id"].as_str().unwrap().to_string()).collect();

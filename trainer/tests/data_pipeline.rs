@@ -125,11 +125,12 @@ fn the_loader_yields_every_micro_batch_in_order_with_workers() {
     let plan = TrainPlan::new(ds.len(), 3, 2, 2, 1, 1);
     let ids_of = |workers: usize| -> Vec<(usize, usize, Vec<String>)> {
         let loader = Loader::new(Arc::clone(&ds), plan.jobs(1), workers, false);
-        loader.map(|mb| {
-            let mb = mb.unwrap();
-            (mb.update, mb.micro, mb.batch.map(|b| b.ids).unwrap_or_default())
-        })
-        .collect()
+        loader
+            .map(|mb| {
+                let mb = mb.unwrap();
+                (mb.update, mb.micro, mb.batch.map(|b| b.ids).unwrap_or_default())
+            })
+            .collect()
     };
     let inline = ids_of(0);
     assert_eq!(inline.len(), plan.num_updates() * 2);

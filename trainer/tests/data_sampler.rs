@@ -40,8 +40,10 @@ fn the_global_batch_does_not_depend_on_ranks_or_update_freq() {
         let plan = TrainPlan::new(n, b, u, w, 1, 2);
         assert_eq!(plan.num_updates(), reference.num_updates());
         for up in 0..plan.num_updates() {
-            let mut union: Vec<usize> =
-                (0..w).flat_map(|r| (0..u).map(move |m| (r, m))).flat_map(|(r, m)| plan.micro_batch(up, r, m).to_vec()).collect();
+            let mut union: Vec<usize> = (0..w)
+                .flat_map(|r| (0..u).map(move |m| (r, m)))
+                .flat_map(|(r, m)| plan.micro_batch(up, r, m).to_vec())
+                .collect();
             let mut want = reference.global_batch(up).to_vec();
             assert_eq!(plan.global_batch(up), want.as_slice(), "update {up} with b={b} u={u} w={w}");
             union.sort();

@@ -43,10 +43,7 @@ fn vocabulary_layout_matches_the_appendix() {
     assert_eq!(d.bin_of(59421), Some(964));
     assert_eq!(d.index("madeupword0002"), 50263);
     assert_eq!(d.index("not-a-symbol"), Dictionary::UNK);
-    assert_eq!(
-        tok.encode_symbols("<bin_360> <bin_253> <bin_661> <bin_964>"),
-        vec![58817, 58710, 59118, 59421]
-    );
+    assert_eq!(tok.encode_symbols("<bin_360> <bin_253> <bin_661> <bin_964>"), vec![58817, 58710, 59118, 59421]);
 }
 
 #[test]

@@ -6,7 +6,8 @@
 
 use anyhow::{anyhow, ensure, Context, Result};
 use elfin_trainer::dist::{
-    broadcast_var_store, check_consistency, trainable_named, BackendKind, DdpBackend, DistArgs, GradSync, ProcessGroup, World,
+    broadcast_var_store, check_consistency, trainable_named, BackendKind, DdpBackend, DistArgs, GradSync, ProcessGroup,
+    World,
 };
 use std::path::Path;
 use std::process::{Command, Output};
@@ -78,7 +79,11 @@ fn launch(name: &str, np: usize, env: &[(&str, String)], limit: Duration) -> (Ou
 }
 
 fn text(out: &Output) -> String {
-    format!("--- stdout\n{}\n--- stderr\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn assert_ranks_ok(out: &Output, what: &str, np: usize) {
@@ -119,7 +124,10 @@ fn collectives(world: &World) -> Result<()> {
             let mut t = Tensor::full([3, 4], r + 0.5, (kind, device));
             pg.broadcast(&mut t, root)?;
             let t = t.to_device(Device::Cpu);
-            ensure!(t.to_kind(Kind::Double).equal(&Tensor::full([3, 4], root as f64 + 0.5, (Kind::Double, Device::Cpu))), "broadcast {kind:?} from {root}");
+            ensure!(
+                t.to_kind(Kind::Double).equal(&Tensor::full([3, 4], root as f64 + 0.5, (Kind::Double, Device::Cpu))),
+                "broadcast {kind:?} from {root}"
+            );
         }
     }
     let mut counts = Tensor::from_slice(&[world.rank as i64, 1]).to_device(device);
@@ -135,7 +143,8 @@ fn collectives(world: &World) -> Result<()> {
     ensure!(gathered == expected, "all_gather {gathered:?}");
     let mine = format!("rank {} says {}", world.rank, "x".repeat(world.rank * 3));
     let texts = pg.all_gather_bytes(mine.as_bytes())?;
-    let expected: Vec<Vec<u8>> = (0..world.size).map(|q| format!("rank {q} says {}", "x".repeat(q * 3)).into_bytes()).collect();
+    let expected: Vec<Vec<u8>> =
+        (0..world.size).map(|q| format!("rank {q} says {}", "x".repeat(q * 3)).into_bytes()).collect();
     ensure!(texts == expected, "all_gather_bytes {texts:?}");
     pg.barrier()?;
     println!("collectives ok on rank {} of {}", world.rank, world.size);
@@ -196,7 +205,8 @@ impl Model {
         let y = y.narrow(0, range.start, n);
         let device = self.side.device();
         let (x, y) = (x.to_device(device), y.to_device(device));
-        let flags = Tensor::arange_start(range.start, range.end, (Kind::Float, device)).lt(SIDE_SAMPLES as f64).unsqueeze(1);
+        let flags =
+            Tensor::arange_start(range.start, range.end, (Kind::Float, device)).lt(SIDE_SAMPLES as f64).unsqueeze(1);
         let out = self.l2.forward(&self.l1.forward(&x).relu()) + &self.frozen;
         let out = if range.start < SIDE_SAMPLES { out + flags.to_kind(Kind::Float) * &self.side } else { out };
         (out - y).square().sum(Kind::Float)
@@ -297,7 +307,8 @@ fn grad_sync(world: &World) -> Result<()> {
         ref_model.loss(update, 0..GLOBAL_BATCH).backward();
         normalise_reference();
         ref_opt.step();
-        check_consistency(&pg, named.iter().map(|(n, t)| (n.as_str(), t))).with_context(|| format!("after update {update}"))?;
+        check_consistency(&pg, named.iter().map(|(n, t)| (n.as_str(), t)))
+            .with_context(|| format!("after update {update}"))?;
     }
     for ((name, p), (_, q)) in named.iter().zip(&ref_named) {
         ensure!(allclose(p, q, 10.0 * tol), "`{name}` after 6 updates differs from single-process training");
@@ -398,7 +409,11 @@ fn train_and_save(world: &World) -> Result<()> {
     // (never used) has none.
     let with_grad = trainable_named(&vs).iter().filter(|(_, t)| t.grad().defined()).count();
     ensure!(with_grad == sync.named_parameters().count() - 1, "{with_grad} parameters have gradients");
-    ensure!(sync.grads_in_buckets() == with_grad, "only {} of {with_grad} gradients are bucket views", sync.grads_in_buckets());
+    ensure!(
+        sync.grads_in_buckets() == with_grad,
+        "only {} of {with_grad} gradients are bucket views",
+        sync.grads_in_buckets()
+    );
     if world.rank == 0 {
         let named = trainable_named(&vs);
         Tensor::save_multi(&named.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>(), &out)?;
@@ -415,11 +430,15 @@ fn one_rank_two_micro_batches_equals_two_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let single = dir.path().join("single.ot");
     let double = dir.path().join("double.ot");
-    let env = |freq: &str, out: &Path| vec![("ELFIN_UPDATE_FREQ", freq.to_string()), ("ELFIN_OUT", out.display().to_string())];
+    let env = |freq: &str, out: &Path| {
+        vec![("ELFIN_UPDATE_FREQ", freq.to_string()), ("ELFIN_OUT", out.display().to_string())]
+    };
     // One process started without any launcher: world size 1.
-    let (out, _) = launch("one_rank_two_micro_batches_equals_two_ranks", 0, &env("2", &single), Duration::from_secs(120));
+    let (out, _) =
+        launch("one_rank_two_micro_batches_equals_two_ranks", 0, &env("2", &single), Duration::from_secs(120));
     assert_ranks_ok(&out, "training", 1);
-    let (out, _) = launch("one_rank_two_micro_batches_equals_two_ranks", 2, &env("1", &double), Duration::from_secs(120));
+    let (out, _) =
+        launch("one_rank_two_micro_batches_equals_two_ranks", 2, &env("1", &double), Duration::from_secs(120));
     assert_ranks_ok(&out, "training", 2);
     let a = Tensor::load_multi(&single).unwrap();
     let b = Tensor::load_multi(&double).unwrap();

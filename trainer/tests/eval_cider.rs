@@ -168,9 +168,7 @@ fn coco_like_samples() -> Vec<(String, Vec<String>)> {
         ("a red bus driving down a street", &["a double decker bus on a city street", "A red bus is parked."]),
         ("two dogs playing in the grass", &["a man throws a frisbee in a park"]),
     ];
-    raw.iter()
-        .map(|(h, rs)| (normalize_caption(h), rs.iter().map(|r| normalize_caption(r)).collect()))
-        .collect()
+    raw.iter().map(|(h, rs)| (normalize_caption(h), rs.iter().map(|r| normalize_caption(r)).collect())).collect()
 }
 
 fn python_cider(samples: &[(String, Vec<String>)], df: Option<&DocumentFrequency>) -> Vec<f64> {

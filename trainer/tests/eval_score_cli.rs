@@ -46,11 +46,8 @@ fn scores_a_caption_file_like_the_library_does() {
     let mean = expected.iter().sum::<f64>() / 3.0;
     assert!((summary["cider"].as_f64().unwrap() - mean).abs() < 1e-12, "{summary} vs {mean}");
     assert!(mean > 1.0);
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out_path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&out_path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[1]["id"], "img-2");
     assert!((lines[1]["cider"].as_f64().unwrap() - expected[1]).abs() < 1e-12);

@@ -1,6 +1,6 @@
 //! Beam search on a toy decoder whose logits depend on the whole prefix.
 
-use elfin_trainer::generate::{beam_search, banned_tokens, BeamSearchConfig, StepModel};
+use elfin_trainer::generate::{banned_tokens, beam_search, BeamSearchConfig, StepModel};
 use tch::Tensor;
 
 const V: i64 = 7;

@@ -10,12 +10,26 @@ fn get(values: &[(String, f64)], key: &str) -> f64 {
 fn meters_weight_loss_by_kept_tokens_and_nll_by_all_tokens() {
     let mut m = Meters::new();
     m.log_update(&UpdateStats {
-        loss: 20.0, nll_loss: 30.0, ntokens: 12.0, nsentences: 4.0, sample_size: 10.0, gnorm: 2.0,
-        clipped: Some(true), train_wall: 0.5,
+        loss: 20.0,
+        nll_loss: 30.0,
+        ntokens: 12.0,
+        nsentences: 4.0,
+        sample_size: 10.0,
+        gnorm: 2.0,
+        clipped: Some(true),
+        train_wall: 0.5,
+        fwd_bwd_wall: 0.4,
     });
     m.log_update(&UpdateStats {
-        loss: -3.0, nll_loss: 3.0, ntokens: 4.0, nsentences: 2.0, sample_size: 3.0, gnorm: 0.5,
-        clipped: Some(false), train_wall: 0.25,
+        loss: -3.0,
+        nll_loss: 3.0,
+        ntokens: 4.0,
+        nsentences: 2.0,
+        sample_size: 3.0,
+        gnorm: 0.5,
+        clipped: Some(false),
+        train_wall: 0.25,
+        fwd_bwd_wall: 0.2,
     });
     m.last("num_updates", 2.0);
     m.last("lr", 3e-6);
@@ -29,12 +43,30 @@ fn meters_weight_loss_by_kept_tokens_and_nll_by_all_tokens() {
     assert!((get(&v, "ppl") - 2f64.powf(nll)).abs() < 1e-12, "ppl is 2^nll (reference quirk)");
     assert_eq!((get(&v, "wpb"), get(&v, "bsz"), get(&v, "ntokens")), (8.0, 3.0, 8.0));
     assert_eq!((get(&v, "gnorm"), get(&v, "clip"), get(&v, "train_wall")), (1.25, 50.0, 0.75));
+    assert!((get(&v, "fwd_bwd_wall") - 0.6).abs() < 1e-12);
     assert!(get(&v, "wps") > 0.0 && get(&v, "ups") > 0.0);
     let order: Vec<&str> = v.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         order,
-        ["loss", "nll_loss", "ntokens", "nsentences", "sample_size", "ppl", "wps", "ups", "wpb", "bsz", "num_updates",
-            "lr", "gnorm", "clip", "loss_scale", "train_wall"]
+        [
+            "loss",
+            "nll_loss",
+            "ntokens",
+            "nsentences",
+            "sample_size",
+            "ppl",
+            "wps",
+            "ups",
+            "wpb",
+            "bsz",
+            "num_updates",
+            "lr",
+            "gnorm",
+            "clip",
+            "loss_scale",
+            "train_wall",
+            "fwd_bwd_wall"
+        ]
     );
     m.reset();
     assert!(m.values().is_empty());
@@ -71,12 +103,19 @@ fn metrics_jsonl_appends_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut log = MetricsJsonl::open(dir.path()).unwrap();
-        log.write(RecordKind::Train, 1, 10, Scope::Interval { index: 10, total: 40 }, &[("loss".into(), 2.5), ("gnorm".into(), f64::NAN)])
-            .unwrap();
+        log.write(
+            RecordKind::Train,
+            1,
+            10,
+            Scope::Interval { index: 10, total: 40 },
+            &[("loss".into(), 2.5), ("gnorm".into(), f64::NAN)],
+        )
+        .unwrap();
     }
     // A second launch (resume) appends.
     let mut log = MetricsJsonl::open(dir.path()).unwrap();
-    log.write(RecordKind::Valid, 1, 40, Scope::Valid, &[("cider".into(), 1.403), ("num_updates".into(), 40.0)]).unwrap();
+    log.write(RecordKind::Valid, 1, 40, Scope::Valid, &[("cider".into(), 1.403), ("num_updates".into(), 40.0)])
+        .unwrap();
     let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);

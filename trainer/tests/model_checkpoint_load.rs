@@ -94,7 +94,10 @@ fn a_shape_mismatch_names_the_key_and_both_shapes() {
     let mut tensors = saved(dir.path(), 300);
     tensors.insert("encoder.layers.0.fc1.weight".into(), Tensor::zeros([128, 64], (Kind::Float, Device::Cpu)));
     let err = load_error(&write(dir.path(), &tensors), 300);
-    assert!(err.contains("shape mismatch for encoder.layers.0.fc1.weight: checkpoint [128, 64], model [256, 64]"), "{err}");
+    assert!(
+        err.contains("shape mismatch for encoder.layers.0.fc1.weight: checkpoint [128, 64], model [256, 64]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -143,7 +146,10 @@ fn a_smaller_vocabulary_grows_and_a_larger_one_is_refused() {
     assert!((std - 64f64.powf(-0.5)).abs() < 0.015, "new rows have std {std}");
 
     let err = load_error(&path, 200);
-    assert!(err.contains("shape mismatch for encoder.embed_tokens.weight: checkpoint [250, 64], model [200, 64]"), "{err}");
+    assert!(
+        err.contains("shape mismatch for encoder.embed_tokens.weight: checkpoint [250, 64], model [200, 64]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -156,15 +162,16 @@ fn forward_command_reproduces_the_oracle() {
     let keyed: Vec<(String, &Tensor)> = names.iter().map(|n| (n.to_string(), &f[&format!("input.{n}")])).collect();
     write_tensors(&inputs, keyed.iter().map(|(k, v)| (k.as_str(), *v)), HashMap::new()).unwrap();
     let out = dir.path().join("out.safetensors");
-    let status = Command::new(std::env::var_os("ELFIN_TRAIN_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_elfin-train").into()))
-        .args(["forward", "--arch", "ofa_tiny", "--disable-entangle", "--checkpoint"])
-        .arg(oracle.join("state_dict.safetensors"))
-        .arg("--inputs")
-        .arg(&inputs)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let status =
+        Command::new(std::env::var_os("ELFIN_TRAIN_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_elfin-train").into()))
+            .args(["forward", "--arch", "ofa_tiny", "--disable-entangle", "--checkpoint"])
+            .arg(oracle.join("state_dict.safetensors"))
+            .arg("--inputs")
+            .arg(&inputs)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let got = read_tensors(&out).unwrap();
     let d = (&got["logits"] - &f["output.logits"]).abs().max().double_value(&[]);
@@ -190,18 +197,22 @@ fn forward_command_explains_bad_inputs() {
         ("prev_output_tokens", &batch.prev_output_tokens),
     ];
     write_tensors(&inputs, named, HashMap::new()).unwrap();
-    let out = Command::new(std::env::var_os("ELFIN_TRAIN_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_elfin-train").into()))
-        .args(["forward", "--arch", "ofa_micro", "--checkpoint"])
-        .arg(&ckpt)
-        .arg("--inputs")
-        .arg(&inputs)
-        .arg("--out")
-        .arg(dir.path().join("out.safetensors"))
-        .output()
-        .unwrap();
+    let out =
+        Command::new(std::env::var_os("ELFIN_TRAIN_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_elfin-train").into()))
+            .args(["forward", "--arch", "ofa_micro", "--checkpoint"])
+            .arg(&ckpt)
+            .arg("--inputs")
+            .arg(&inputs)
+            .arg("--out")
+            .arg(dir.path().join("out.safetensors"))
+            .output()
+            .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("`prev_output_tokens` holds token ids in [0, 300], outside the checkpoint's vocabulary of 300"), "{stderr}");
+    assert!(
+        stderr.contains("`prev_output_tokens` holds token ids in [0, 300], outside the checkpoint's vocabulary of 300"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -226,15 +237,16 @@ fn the_reference_arguments_in_a_checkpoint_set_the_options() {
     let keyed: Vec<(String, &Tensor)> = names.iter().map(|n| (n.to_string(), &f[&format!("input.{n}")])).collect();
     write_tensors(&inputs, keyed.iter().map(|(k, v)| (k.as_str(), *v)), HashMap::new()).unwrap();
     let out = dir.path().join("out.safetensors");
-    let run = Command::new(std::env::var_os("ELFIN_TRAIN_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_elfin-train").into()))
-        .args(["forward", "--arch", "ofa_tiny", "--checkpoint"])
-        .arg(&ckpt)
-        .arg("--inputs")
-        .arg(&inputs)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let run =
+        Command::new(std::env::var_os("ELFIN_TRAIN_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_elfin-train").into()))
+            .args(["forward", "--arch", "ofa_tiny", "--checkpoint"])
+            .arg(&ckpt)
+            .arg("--inputs")
+            .arg(&inputs)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let d = (&read_tensors(&out).unwrap()["logits"] - &f["output.logits"]).abs().max().double_value(&[]);
     assert!(d < 1e-4, "logits differ by {d}");

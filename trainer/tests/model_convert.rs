@@ -218,9 +218,11 @@ fn a_checkpoint_that_does_not_fit_is_refused_with_the_names() {
     for name in ["encoder.layers.0.attn_ln.weight", "decoder.layers.3.encoder_attn.c_attn"] {
         assert!(tensors.remove(name).is_some(), "{name}");
     }
-    let extra = tensors.insert("encoder.adapter_head.weight".into(), Tensor::zeros([4], (tch::Kind::Float, Device::Cpu)));
+    let extra =
+        tensors.insert("encoder.adapter_head.weight".into(), Tensor::zeros([4], (tch::Kind::Float, Device::Cpu)));
     assert!(extra.is_none());
-    let replaced = tensors.insert("decoder.layers.1.fc1.bias".into(), Tensor::zeros([1023], (tch::Kind::Float, Device::Cpu)));
+    let replaced =
+        tensors.insert("decoder.layers.1.fc1.bias".into(), Tensor::zeros([1023], (tch::Kind::Float, Device::Cpu)));
     assert!(replaced.is_some());
     let broken = tempfile::tempdir().unwrap();
     let path = broken.path().join("broken.safetensors");
@@ -280,7 +282,11 @@ fn damaged_or_foreign_inputs_fail_with_a_clear_message() {
     let garbage = dir.path().join("garbage.pt");
     std::fs::write(&garbage, b"this is not a checkpoint").unwrap();
     fails_with(&garbage, "truncated or corrupted");
-    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".out")));
+    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".out")));
 }
 
 #[test]

@@ -100,14 +100,18 @@ fn an_unfrozen_shared_embedding_trains_through_all_three_uses() {
     // Rows only the output projection uses still get a gradient; the
     // padding row gets none from the lookups.
     assert!(g.get(150).abs().sum(Kind::Float).double_value(&[]) > 0.0);
-    assert!(vs.variables().keys().all(|k| !k.starts_with("decoder.embed_tokens")), "the decoder has its own token matrix");
+    assert!(
+        vs.variables().keys().all(|k| !k.starts_with("decoder.embed_tokens")),
+        "the decoder has its own token matrix"
+    );
 }
 
 #[test]
 fn incremental_decoding_gives_the_full_decoding_logits() {
     let (_vs, model) = micro(&OfaConfig::finetuning("ofa_micro").unwrap());
     let input = batch();
-    let prev = Tensor::from_slice2(&[[0i64, 33, 34, 35, 36, 37], [0, 12, 13, 14, 15, 16], [0, 290, 291, 292, 293, 294]]);
+    let prev =
+        Tensor::from_slice2(&[[0i64, 33, 34, 35, 36, 37], [0, 12, 13, 14, 15, 16], [0, 290, 291, 292, 293, 294]]);
     tch::no_grad(|| {
         let enc = model.encode(&input.src_tokens, Some(&input.patch_images), Some(&input.patch_masks), false);
         let full = model.decode(&prev, &enc, None, false);

@@ -35,7 +35,8 @@ fn cuda_fp32_reproduces_the_oracle() {
     let masks = f["input.patch_masks"].to_kind(Kind::Bool);
     tch::no_grad(|| {
         // From the reference's backbone output: no convolution (cuDNN may use TF32).
-        let enc = model.encode_features(&f["input.src_tokens"], Some(&f["intermediate.resnet_out"]), Some(&masks), false);
+        let enc =
+            model.encode_features(&f["input.src_tokens"], Some(&f["intermediate.resnet_out"]), Some(&masks), false);
         let logits = model.decode(&f["input.prev_output_tokens"], &enc, None, false);
         let d = max_diff(&logits, &f["output.logits"]);
         assert!(d < 1e-4, "CUDA fp32 logits differ by {d}");

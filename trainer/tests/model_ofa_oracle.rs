@@ -75,7 +75,8 @@ fn layer_by_layer_from_the_reference_backbone_output() {
     let f = read("forward.safetensors");
     let masks = f["input.patch_masks"].to_kind(Kind::Bool);
     tch::no_grad(|| {
-        let enc = model.encode_features(&f["input.src_tokens"], Some(&f["intermediate.resnet_out"]), Some(&masks), false);
+        let enc =
+            model.encode_features(&f["input.src_tokens"], Some(&f["intermediate.resnet_out"]), Some(&masks), false);
         let d = max_diff(&enc.out, &batch_major(&f["output.encoder_out"]));
         assert!(d < 2e-5, "encoder_out from the reference's features differs by {d}");
         let logits = model.decode(&f["input.prev_output_tokens"], &enc, None, false);

@@ -109,7 +109,8 @@ fn every_preset_has_the_reference_parameters_per_module() {
 #[test]
 fn model_command_prints_the_counts() {
     let bin = env!("CARGO_BIN_EXE_elfin-train");
-    let out = Command::new(bin).args(["model", "--arch", "ofa_tiny", "--vocab-size", "9697", "--json"]).output().unwrap();
+    let out =
+        Command::new(bin).args(["model", "--arch", "ofa_tiny", "--vocab-size", "9697", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["total"], 20_749_776);

@@ -17,10 +17,7 @@ fn oracle_dir() -> PathBuf {
 
 fn read(file: &str) -> BTreeMap<String, Tensor> {
     let path = oracle_dir().join(file);
-    Tensor::read_safetensors(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-        .into_iter()
-        .collect()
+    Tensor::read_safetensors(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display())).into_iter().collect()
 }
 
 /// An `ofa_tiny` backbone under the caller's path, as the encoder builds it.

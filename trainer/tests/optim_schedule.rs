@@ -52,8 +52,16 @@ fn warmup_ratio_schedule_starts_at_zero_peaks_and_ends_at_zero() {
 #[test]
 fn without_ratio_the_explicit_total_power_and_end_lr_apply() {
     let a = args(&[
-        "--lr", "1.0", "--warmup-updates", "10", "--total-num-update", "110", "--end-learning-rate", "0.1",
-        "--power", "2",
+        "--lr",
+        "1.0",
+        "--warmup-updates",
+        "10",
+        "--total-num-update",
+        "110",
+        "--end-learning-rate",
+        "0.1",
+        "--power",
+        "2",
     ]);
     let s = PolynomialDecay::from_args(&a, 999).unwrap();
     assert_eq!((s.warmup_updates, s.total_updates), (10, 110));
@@ -78,8 +86,14 @@ fn flags_default_as_the_reference_and_parse_python_tuples() {
     assert!(!d.fp16 && !d.bf16);
 
     let ofa = args(&[
-        "--optimizer=adam", "--adam-betas=(0.9,0.999)", "--adam-eps=1e-08", "--weight-decay=0.01",
-        "--lr-scheduler=polynomial_decay", "--clip-norm=1.0", "--fp16", "--fp16-scale-window=512",
+        "--optimizer=adam",
+        "--adam-betas=(0.9,0.999)",
+        "--adam-eps=1e-08",
+        "--weight-decay=0.01",
+        "--lr-scheduler=polynomial_decay",
+        "--clip-norm=1.0",
+        "--fp16",
+        "--fp16-scale-window=512",
     ]);
     assert_eq!(ofa.adam_betas, AdamBetas(0.9, 0.999));
     assert_eq!(ofa.fp16_scale_window, Some(512));

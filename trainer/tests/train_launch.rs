@@ -32,8 +32,11 @@ fn a_preset_runs_a_few_updates_on_two_ranks() {
     let save = root.path().join("demo_checkpoints/caption_el");
     assert!(save.join("checkpoint_last.safetensors").exists(), "{stdout}");
     let text = std::fs::read_to_string(save.join("metrics.jsonl")).unwrap();
-    let valid: Vec<serde_json::Value> =
-        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v["kind"] == "valid").collect();
+    let valid: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "valid")
+        .collect();
     assert_eq!(valid.last().unwrap()["num_updates"], 3, "{text}");
     assert!(valid.last().unwrap()["cider"].is_number());
     for rank in 0..2 {
@@ -61,16 +64,25 @@ fn sigterm_to_one_rank_of_two_saves_and_both_exit_with_the_preemption_code() {
     let start = Instant::now();
     while !std::fs::read_to_string(&metrics).is_ok_and(|t| t.contains("\"train\"")) {
         if let Some(status) = job.try_wait().unwrap() {
-            panic!("the job ended early ({status:?}):\n{}", std::fs::read_to_string(tmp.path().join("stderr")).unwrap_or_default());
+            panic!(
+                "the job ended early ({status:?}):\n{}",
+                std::fs::read_to_string(tmp.path().join("stderr")).unwrap_or_default()
+            );
         }
         if start.elapsed() > Duration::from_secs(120) {
             let _ = job.kill();
-            panic!("no update logged in 120 s:\n{}", std::fs::read_to_string(tmp.path().join("stderr")).unwrap_or_default());
+            panic!(
+                "no update logged in 120 s:\n{}",
+                std::fs::read_to_string(tmp.path().join("stderr")).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     // The ranks are the processes running this command line, mpirun excepted.
-    let pgrep = Command::new("pgrep").args(["-f", &format!("elfin-train train .*--save-dir={}", save.display())]).output().unwrap();
+    let pgrep = Command::new("pgrep")
+        .args(["-f", &format!("elfin-train train .*--save-dir={}", save.display())])
+        .output()
+        .unwrap();
     let ranks: Vec<i32> = String::from_utf8_lossy(&pgrep.stdout)
         .lines()
         .filter_map(|l| l.trim().parse().ok())

@@ -19,12 +19,16 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
     let log = String::from_utf8_lossy(&second.stdout);
     assert!(log.contains("resuming from"), "the second launch must say it resumes:\n{log}");
 
-    let (a, b) = (model_tensors(&straight.join("checkpoint_last.safetensors")), model_tensors(&resumed.join("checkpoint_last.safetensors")));
+    let (a, b) = (
+        model_tensors(&straight.join("checkpoint_last.safetensors")),
+        model_tensors(&resumed.join("checkpoint_last.safetensors")),
+    );
     assert_eq!(a.len(), b.len());
     for (name, x) in &a {
         assert!(x.iter().zip(&b[name]).all(|(p, q)| p.to_bits() == q.to_bits()), "{name} differs after resuming");
     }
-    let losses = |dir: &std::path::Path| train_records(dir).iter().map(|r| r["loss"].as_f64().unwrap()).collect::<Vec<_>>();
+    let losses =
+        |dir: &std::path::Path| train_records(dir).iter().map(|r| r["loss"].as_f64().unwrap()).collect::<Vec<_>>();
     assert_eq!(losses(&straight), losses(&resumed), "the per-update losses must repeat exactly");
 }
 
@@ -34,8 +38,16 @@ fn update_freq_two_equals_one_batch_twice_the_size() {
     let data = synth_caption(tmp.path());
     let (accumulated, single) = (tmp.path().join("uf2"), tmp.path().join("bs8"));
     // Frozen BatchNorm: batch statistics would differ between 4 and 8 rows.
-    run_trainer(&train_args(&data, &accumulated, &["--batch-size=4", "--update-freq=2", "--max-update=3", "--freeze-resnet"]));
-    run_trainer(&train_args(&data, &single, &["--batch-size=8", "--update-freq=1", "--max-update=3", "--freeze-resnet"]));
+    run_trainer(&train_args(
+        &data,
+        &accumulated,
+        &["--batch-size=4", "--update-freq=2", "--max-update=3", "--freeze-resnet"],
+    ));
+    run_trainer(&train_args(
+        &data,
+        &single,
+        &["--batch-size=8", "--update-freq=1", "--max-update=3", "--freeze-resnet"],
+    ));
     assert_same_training(&accumulated, &single);
 }
 
@@ -44,10 +56,18 @@ fn two_ranks_train_the_same_model_as_one_rank_with_update_freq_two() {
     let tmp = tempfile::tempdir().unwrap();
     let data = synth_caption(tmp.path());
     let (two_ranks, one_rank) = (tmp.path().join("np2"), tmp.path().join("np1"));
-    run_trainer(&train_args(&data, &one_rank, &["--batch-size=4", "--update-freq=2", "--max-update=3", "--freeze-resnet"]));
+    run_trainer(&train_args(
+        &data,
+        &one_rank,
+        &["--batch-size=4", "--update-freq=2", "--max-update=3", "--freeze-resnet"],
+    ));
     let out = Command::new("mpirun")
         .args(["-np", "2", "--oversubscribe", "-x", "OMP_NUM_THREADS=1", TRAINER])
-        .args(train_args(&data, &two_ranks, &["--batch-size=4", "--update-freq=1", "--max-update=3", "--freeze-resnet"]))
+        .args(train_args(
+            &data,
+            &two_ranks,
+            &["--batch-size=4", "--update-freq=1", "--max-update=3", "--freeze-resnet"],
+        ))
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .output()
@@ -77,11 +97,23 @@ fn metrics_jsonl_has_train_and_valid_records_with_the_reference_fields() {
     let tmp = tempfile::tempdir().unwrap();
     let data = synth_caption(tmp.path());
     let save = tmp.path().join("run");
-    run_trainer(&train_args(&data, &save, &["--max-update=2", "--eval-cider", r#"--eval-args={"beam":2,"max_len_b":5}"#, "--best-checkpoint-metric=cider", "--maximize-best-checkpoint-metric"]));
+    run_trainer(&train_args(
+        &data,
+        &save,
+        &[
+            "--max-update=2",
+            "--eval-cider",
+            r#"--eval-args={"beam":2,"max_len_b":5}"#,
+            "--best-checkpoint-metric=cider",
+            "--maximize-best-checkpoint-metric",
+        ],
+    ));
     let text = std::fs::read_to_string(save.join("metrics.jsonl")).unwrap();
     let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let train = records.iter().find(|r| r["kind"] == "train").expect("a train record");
-    for field in ["loss", "nll_loss", "ppl", "wps", "ups", "wpb", "bsz", "num_updates", "lr", "gnorm", "clip", "train_wall"] {
+    for field in
+        ["loss", "nll_loss", "ppl", "wps", "ups", "wpb", "bsz", "num_updates", "lr", "gnorm", "clip", "train_wall"]
+    {
         assert!(train.get(field).is_some(), "train record lacks {field}: {train}");
     }
     let valid = records.iter().find(|r| r["kind"] == "valid").expect("a valid record");
@@ -92,4 +124,43 @@ fn metrics_jsonl_has_train_and_valid_records_with_the_reference_fields() {
     }
     let predictions = std::fs::read_to_string(save.join("predictions.jsonl")).unwrap();
     assert_eq!(predictions.lines().count(), 8, "one prediction per validation image");
+}
+
+#[test]
+fn predict_captions_an_image_file_with_a_trained_checkpoint() {
+    use base64::Engine;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth_caption(tmp.path());
+    let save = tmp.path().join("run");
+    run_trainer(&train_args(&data, &save, &["--max-update=2", r#"--eval-args={"beam":2,"max_len_b":5}"#]));
+    // The first validation image, as a file.
+    let val = std::fs::read_to_string(data.join("val.tsv")).unwrap();
+    let b64 = val.lines().next().unwrap().split('\t').nth(4).unwrap();
+    let image = tmp.path().join("image.png");
+    std::fs::write(&image, base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap();
+    let checkpoint = save.join("checkpoint_last.safetensors");
+
+    let out = Command::new(TRAINER)
+        .args(["predict", "--checkpoint"])
+        .arg(&checkpoint)
+        .arg("--image")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1, "one caption line");
+
+    let wrong = Command::new(TRAINER)
+        .args(["predict", "--text", "the red circle", "--checkpoint"])
+        .arg(&checkpoint)
+        .arg("--image")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("captioning"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
 }

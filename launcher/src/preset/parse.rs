@@ -114,13 +114,7 @@ impl<'a> Evaluator<'a> {
             }
             None => {
                 self.index.insert(name.to_string(), self.vars.len());
-                self.vars.push(Variable {
-                    name: name.to_string(),
-                    value,
-                    exported,
-                    file: file.to_string(),
-                    line,
-                });
+                self.vars.push(Variable { name: name.to_string(), value, exported, file: file.to_string(), line });
             }
         }
     }
@@ -148,7 +142,9 @@ impl<'a> Evaluator<'a> {
                         Some(name) => self.set(&name, w.text, true, &file.display, w.line),
                         None if w.literal && is_name(&w.text) => self.export_existing(&w.text, lx, w.line)?,
                         None => {
-                            return Err(lx.error(w.line, format!("`export {}`: export takes NAME or NAME=value", w.text)))
+                            return Err(
+                                lx.error(w.line, format!("`export {}`: export takes NAME or NAME=value", w.text))
+                            )
                         }
                     }
                 }
@@ -162,10 +158,15 @@ impl<'a> Evaluator<'a> {
                     return Err(lx.error(first.line, format!("`{keyword}` needs the file to read")));
                 };
                 if path.assign.is_some() || path.glob {
-                    return Err(lx.error(path.line, format!("`{keyword} {}`: name one file, without wildcards", path.text)));
+                    return Err(
+                        lx.error(path.line, format!("`{keyword} {}`: name one file, without wildcards", path.text))
+                    );
                 }
                 if let Some(extra) = lx.next_word(&|n| self.lookup(n))? {
-                    return Err(lx.error(extra.line, format!("`{keyword}` takes one file; `{}` would be its arguments", extra.text)));
+                    return Err(lx.error(
+                        extra.line,
+                        format!("`{keyword}` takes one file; `{}` would be its arguments", extra.text),
+                    ));
                 }
                 let sourced = self
                     .loader
@@ -174,7 +175,9 @@ impl<'a> Evaluator<'a> {
                 if self.stack.contains(&sourced.key) || self.stack.len() >= MAX_SOURCE_DEPTH {
                     let mut chain = self.stack.clone();
                     chain.push(sourced.key);
-                    return Err(lx.error(path.line, format!("`{keyword}` loops back on itself: {}", chain.join(" -> "))));
+                    return Err(
+                        lx.error(path.line, format!("`{keyword}` loops back on itself: {}", chain.join(" -> ")))
+                    );
                 }
                 self.eval(&sourced)
             }
@@ -321,7 +324,9 @@ impl<'t> Lexer<'t> {
                 ';' | '&' | '|' | '<' | '>' | '(' | ')' => {
                     return Err(self.error(
                         self.line,
-                        format!("`{c}` is shell syntax for lists, pipes, redirections or subshells, which presets cannot use"),
+                        format!(
+                        "`{c}` is shell syntax for lists, pipes, redirections or subshells, which presets cannot use"
+                    ),
                     ))
                 }
                 _ => {
@@ -412,7 +417,8 @@ impl<'t> Lexer<'t> {
         self.bump();
         let name = match self.peek() {
             Some('(') => {
-                let what = if self.peek_at(1) == Some('(') { "arithmetic $((...))" } else { "command substitution $(...)" };
+                let what =
+                    if self.peek_at(1) == Some('(') { "arithmetic $((...))" } else { "command substitution $(...)" };
                 return Err(self.error(line, format!("{what} is not allowed")));
             }
             Some('{') => {
@@ -454,7 +460,10 @@ impl<'t> Lexer<'t> {
                 out.push_str(&v);
                 Ok(())
             }
-            None => Err(self.error(line, format!("${name} is not set, neither earlier in the preset nor in the environment"))),
+            None => {
+                Err(self
+                    .error(line, format!("${name} is not set, neither earlier in the preset nor in the environment")))
+            }
         }
     }
 }

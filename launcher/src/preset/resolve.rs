@@ -58,7 +58,8 @@ impl Catalog {
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
         for dir in &self.dirs {
-            let entries = std::fs::read_dir(dir).with_context(|| format!("reading preset directory {}", dir.display()))?;
+            let entries =
+                std::fs::read_dir(dir).with_context(|| format!("reading preset directory {}", dir.display()))?;
             let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
             files.sort();
             for path in files {
@@ -122,7 +123,8 @@ impl Catalog {
                 })
             }
             Origin::File(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading preset {}", path.display()))?;
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("reading preset {}", path.display()))?;
                 let key = path.canonicalize().unwrap_or_else(|_| path.clone()).display().to_string();
                 Ok(PresetFile { display: path.display().to_string(), key, text })
             }
@@ -139,9 +141,10 @@ impl SourceLoader for Catalog {
         let beside = if as_path.is_absolute() {
             Some(as_path.to_path_buf())
         } else {
-            from.key.strip_prefix("builtin:").is_none().then(|| {
-                Path::new(&from.key).parent().unwrap_or(Path::new(".")).join(as_path)
-            })
+            from.key
+                .strip_prefix("builtin:")
+                .is_none()
+                .then(|| Path::new(&from.key).parent().unwrap_or(Path::new(".")).join(as_path))
         };
         if let Some(file) = beside.filter(|p| p.is_file()) {
             return Catalog::load(self, &PresetRef { name: path.to_string(), origin: Origin::File(file) })
@@ -238,7 +241,10 @@ pub fn resolve(
             Some(flag) => {
                 let fed = flag.variable.filter(|var| plain.iter().any(|v| &v.name == var));
                 if let Some(var) = fed {
-                    bail!("--set {key}: this preset sets --{} through its variable `{var}`; use --set {var}=...", flag.flag);
+                    bail!(
+                        "--set {key}: this preset sets --{} through its variable `{var}`; use --set {var}=...",
+                        flag.flag
+                    );
                 }
                 extra_flags.retain(|(f, _): &(&TrainFlag, String)| f.flag != flag.flag);
                 extra_flags.push((flag, value.clone()));

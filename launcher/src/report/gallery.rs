@@ -121,9 +121,7 @@ fn decode_image(encoded: &str) -> Result<DynamicImage> {
         Some(uri) => uri.split_once(',').map(|(_, data)| data).ok_or_else(|| anyhow!("malformed data URI"))?,
         None => encoded,
     };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(payload.trim())
-        .context("\"image\" is not base64")?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(payload.trim()).context("\"image\" is not base64")?;
     if !(bytes.starts_with(b"\x89PNG") || bytes.starts_with(&[0xff, 0xd8])) {
         bail!("\"image\" is neither PNG nor JPEG");
     }

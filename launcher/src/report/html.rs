@@ -17,7 +17,8 @@ pub fn page(runs: &[Run], charts: &[Chart]) -> String {
     summary(&mut out, runs);
     out.push_str("<h2>Curves</h2>\n<div class=\"charts\">\n");
     for chart in charts {
-        let _ = writeln!(out, "<img class=\"chart\" alt=\"{}\" src=\"{}\">", escape(&chart.title), data_uri(&chart.png));
+        let _ =
+            writeln!(out, "<img class=\"chart\" alt=\"{}\" src=\"{}\">", escape(&chart.title), data_uri(&chart.png));
     }
     if charts.is_empty() {
         out.push_str("<p>No numeric series in metrics.jsonl yet.</p>\n");

@@ -29,6 +29,11 @@ impl RunMetrics {
             else {
                 bail!("{}: a metrics line needs \"kind\" (train or valid) and a numeric \"num_updates\"", at());
             };
+            // End-of-epoch records average the whole epoch: plotted among the
+            // interval records they would show as spikes.
+            if object.get("scope").and_then(|s| s.as_str()) == Some("epoch") {
+                continue;
+            }
             for (field, v) in object {
                 if let Some(v) = v.as_f64().filter(|v| v.is_finite()) {
                     if field != "num_updates" {

@@ -79,9 +79,7 @@ pub fn line_chart(title: &str, y_label: &str, series: &[Series]) -> Result<Vec<u
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
             // Sparse series (validation every few hundred updates) need markers to be seen.
             if s.points.len() <= 50 {
-                chart
-                    .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
-                    .map_err(plot_error)?;
+                chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, colour.filled()))).map_err(plot_error)?;
             }
         }
         chart

@@ -25,8 +25,12 @@ pub fn caption_run(root: &Path, name: &str, scale: f64, samples: usize) -> PathB
             "nll_loss": scale * 2.0 * (-t / 150.0).exp() + 0.5, "lr": 1e-5 * (1.0 - t / 500.0), "gnorm": 1.0 + (t / 40.0).sin().abs()});
         writeln!(metrics, "{line}").unwrap();
         if u % 100 == 0 {
-            writeln!(metrics, "{}", serde_json::json!({"kind": "valid", "num_updates": u, "loss": 1.0, "cider": 1.0 + t / 1000.0 / scale}))
-                .unwrap();
+            writeln!(
+                metrics,
+                "{}",
+                serde_json::json!({"kind": "valid", "num_updates": u, "loss": 1.0, "cider": 1.0 + t / 1000.0 / scale})
+            )
+            .unwrap();
         }
     }
     std::fs::write(dir.join("metrics.jsonl"), metrics).unwrap();
@@ -46,11 +50,19 @@ pub fn grounding_run(root: &Path) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let mut metrics = String::new();
     for u in (10..=300).step_by(10) {
-        writeln!(metrics, "{}", serde_json::json!({"kind": "train", "num_updates": u, "loss": 2.0 / f64::from(u), "lr": 3e-5}))
-            .unwrap();
+        writeln!(
+            metrics,
+            "{}",
+            serde_json::json!({"kind": "train", "num_updates": u, "loss": 2.0 / f64::from(u), "lr": 3e-5})
+        )
+        .unwrap();
         if u % 100 == 0 {
-            writeln!(metrics, "{}", serde_json::json!({"kind": "valid", "num_updates": u, "score": 0.5 + f64::from(u) / 1000.0}))
-                .unwrap();
+            writeln!(
+                metrics,
+                "{}",
+                serde_json::json!({"kind": "valid", "num_updates": u, "score": 0.5 + f64::from(u) / 1000.0})
+            )
+            .unwrap();
         }
     }
     std::fs::write(dir.join("metrics.jsonl"), metrics).unwrap();

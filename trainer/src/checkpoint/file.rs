@@ -6,6 +6,7 @@
 use super::{CheckpointState, Progress, RngState, FORMAT};
 use crate::optim::adam::Moments;
 use crate::optim::{AdamState, LossScalerState};
+use crate::safetensors_dtype::{dtype_of, kind_of};
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, View};
 use safetensors::tensor::{Metadata, TensorInfo};
@@ -16,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 const MODEL: &str = "model.";
 /// The safetensors format's own limit on the header size.
@@ -73,38 +74,6 @@ impl View for TensorView<'_> {
     }
 }
 
-fn dtype_of(kind: Kind) -> Result<Dtype> {
-    Ok(match kind {
-        Kind::Bool => Dtype::BOOL,
-        Kind::Uint8 => Dtype::U8,
-        Kind::Int8 => Dtype::I8,
-        Kind::Int16 => Dtype::I16,
-        Kind::Int => Dtype::I32,
-        Kind::Int64 => Dtype::I64,
-        Kind::Half => Dtype::F16,
-        Kind::BFloat16 => Dtype::BF16,
-        Kind::Float => Dtype::F32,
-        Kind::Double => Dtype::F64,
-        other => bail!("element type {other:?} is not supported in checkpoints"),
-    })
-}
-
-fn kind_of(dtype: Dtype) -> Result<Kind> {
-    Ok(match dtype {
-        Dtype::BOOL => Kind::Bool,
-        Dtype::U8 => Kind::Uint8,
-        Dtype::I8 => Kind::Int8,
-        Dtype::I16 => Kind::Int16,
-        Dtype::I32 => Kind::Int,
-        Dtype::I64 => Kind::Int64,
-        Dtype::F16 => Kind::Half,
-        Dtype::BF16 => Kind::BFloat16,
-        Dtype::F32 => Kind::Float,
-        Dtype::F64 => Kind::Double,
-        other => bail!("element type {other:?} is not supported"),
-    })
-}
-
 /// Writes `state` to `path` atomically (see [`write_atomically`]).
 pub fn save_checkpoint(path: &Path, state: &CheckpointState) -> Result<()> {
     let mut metadata = HashMap::new();
@@ -124,10 +93,7 @@ pub fn save_checkpoint(path: &Path, state: &CheckpointState) -> Result<()> {
             named.push((format!("{EXP_AVG_SQ}{n}"), &moments.exp_avg_sq));
         }
     }
-    let views = named
-        .iter()
-        .map(|(n, t)| Ok((n.as_str(), TensorView::new(n, t)?)))
-        .collect::<Result<Vec<_>>>()?;
+    let views = named.iter().map(|(n, t)| Ok((n.as_str(), TensorView::new(n, t)?))).collect::<Result<Vec<_>>>()?;
     write_atomically(path, |tmp| {
         safetensors::tensor::serialize_to_file(views, Some(metadata), tmp).map_err(anyhow::Error::from)
     })
@@ -144,15 +110,13 @@ struct Header {
 
 fn read_header(file: &mut File, path: &Path) -> Result<Header> {
     let mut len = [0u8; 8];
-    file.read_exact(&mut len)
-        .with_context(|| format!("{} is too short to be a safetensors file", path.display()))?;
+    file.read_exact(&mut len).with_context(|| format!("{} is too short to be a safetensors file", path.display()))?;
     let n = u64::from_le_bytes(len);
     if n > MAX_HEADER_BYTES {
         bail!("{} is not a safetensors file (header length {n})", path.display());
     }
     let mut text = vec![0u8; n as usize];
-    file.read_exact(&mut text)
-        .with_context(|| format!("{} is truncated inside its header", path.display()))?;
+    file.read_exact(&mut text).with_context(|| format!("{} is truncated inside its header", path.display()))?;
     let parsed: Metadata = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not a safetensors file (unreadable header)", path.display()))?;
     let metadata = parsed.metadata().clone().unwrap_or_default();
@@ -199,7 +163,12 @@ pub fn load_checkpoint(path: &Path) -> Result<CheckpointState> {
         let (begin, end) = info.data_offsets;
         let expected = info.shape.iter().product::<usize>() * kind.elt_size_in_bytes();
         if end < begin || end - begin != expected {
-            bail!("{}: tensor {name} has {} data bytes for shape {:?} {kind:?}", path.display(), end.wrapping_sub(begin), info.shape);
+            bail!(
+                "{}: tensor {name} has {} data bytes for shape {:?} {kind:?}",
+                path.display(),
+                end.wrapping_sub(begin),
+                info.shape
+            );
         }
         let mut bytes = vec![0u8; expected];
         file.seek(SeekFrom::Start(data_start + begin as u64))
@@ -256,9 +225,7 @@ fn from_metadata<T: DeserializeOwned>(metadata: &HashMap<String, String>, key: &
 }
 
 fn temporary_path(path: &Path) -> Result<PathBuf> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("checkpoint path {} has no file name", path.display()))?;
+    let name = path.file_name().with_context(|| format!("checkpoint path {} has no file name", path.display()))?;
     Ok(path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id())))
 }
 

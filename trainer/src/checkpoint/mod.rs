@@ -7,7 +7,7 @@ mod file;
 pub mod policy;
 
 pub use file::{copy_atomically, is_elfin_checkpoint, load_checkpoint, save_checkpoint, write_atomically};
-pub use policy::{plan_load, should_save, CheckpointSaver, LoadPlan, LAST, BEST};
+pub use policy::{plan_load, should_save, CheckpointSaver, LoadPlan, BEST, LAST};
 
 use crate::optim::{AdamState, LossScalerState};
 use serde::{Deserialize, Serialize};

@@ -106,7 +106,8 @@ impl LoadPlan {
 /// `--save-interval-updates`). A run that was asked to stop saves regardless.
 pub fn should_save(args: &CheckpointArgs, epoch: u64, num_updates: u64, end_of_epoch: bool) -> bool {
     let epoch_save = end_of_epoch && args.save_interval > 0 && epoch.is_multiple_of(args.save_interval);
-    let update_save = args.save_interval_updates > 0 && num_updates > 0 && num_updates.is_multiple_of(args.save_interval_updates);
+    let update_save =
+        args.save_interval_updates > 0 && num_updates > 0 && num_updates.is_multiple_of(args.save_interval_updates);
     epoch_save || update_save
 }
 
@@ -152,7 +153,8 @@ pub fn plan_save(
     kept_best: &[String],
 ) -> SavePlan {
     let mut names = vec![super::LAST.to_string()];
-    if end_of_epoch && !args.no_epoch_checkpoints && args.save_interval > 0 && epoch.is_multiple_of(args.save_interval) {
+    if end_of_epoch && !args.no_epoch_checkpoints && args.save_interval > 0 && epoch.is_multiple_of(args.save_interval)
+    {
         names.push(format!("checkpoint{epoch}.safetensors"));
     }
     if !end_of_epoch && args.save_interval_updates > 0 && num_updates.is_multiple_of(args.save_interval_updates) {
@@ -225,7 +227,8 @@ impl CheckpointSaver {
         }
         for name in &plan.remove {
             let path = dir.join(name);
-            std::fs::remove_file(&path).with_context(|| format!("cannot remove old best checkpoint {}", path.display()))?;
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove old best checkpoint {}", path.display()))?;
         }
         self.best = plan.best;
         Ok(paths)

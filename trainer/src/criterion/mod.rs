@@ -98,23 +98,11 @@ impl Default for CriterionArgs {
     }
 }
 
-/// The criterion's result for one (micro-)batch.
-#[derive(Debug)]
-pub struct CriterionOutput {
-    /// Summed loss over the kept tokens (bonus and R-Drop KL included).
-    pub loss: f64,
-    /// Summed NLL over the kept tokens.
-    pub nll_loss: f64,
-    /// Target tokens kept after padding removal and drop-worst/best (not the logged `ntokens`
-    /// of the reference, which counts all non-padding tokens of the batch).
-    pub ntokens: i64,
-    /// The normaliser: kept tokens, or sentences with `--sentence-avg`.
-    pub sample_size: i64,
-    pub n_correct: Option<i64>,
-    pub total: Option<i64>,
-    /// d(loss)/d(logits) of the summed loss; same shape, dtype and device as the logits.
-    pub grad_logits: Tensor,
-}
+/// The criterion's result for one (micro-)batch: summed loss and NLL over the
+/// kept tokens, the kept-token count (not the logged `ntokens` of the
+/// reference, which counts all non-padding tokens), the normaliser, accuracy
+/// counts when asked, and d(loss)/d(logits) of the summed loss.
+pub use elfin_kernels::ElOutput as CriterionOutput;
 
 pub struct Criterion {
     options: ElOptions,
@@ -166,29 +154,22 @@ impl Criterion {
     ) -> Result<CriterionOutput> {
         let batch = ElBatch { logits, target, conf, constraint_masks, update_num };
         let run = |imp| encouraging_loss(&self.options, &batch, imp);
-        let out = match self.implementation {
+        Ok(match self.implementation {
             CriterionImpl::Reference => run(ElImpl::Reference),
             CriterionImpl::Fused => run(ElImpl::Fused),
-            CriterionImpl::Auto => match run(ElImpl::Fused) {
-                Err(ElError::Cuda(why)) if matches!(logits.device(), Device::Cuda(_)) => {
-                    static WARNED: AtomicBool = AtomicBool::new(false);
-                    if !WARNED.swap(true, Ordering::Relaxed) {
-                        eprintln!("elfin-train: warning: the fused CUDA loss is unavailable ({why}); using the reference ops");
+            CriterionImpl::Auto => {
+                match run(ElImpl::Fused) {
+                    Err(ElError::Cuda(why)) if matches!(logits.device(), Device::Cuda(_)) => {
+                        static WARNED: AtomicBool = AtomicBool::new(false);
+                        if !WARNED.swap(true, Ordering::Relaxed) {
+                            eprintln!("elfin-train: warning: the fused CUDA loss is unavailable ({why}); using the reference ops");
+                        }
+                        run(ElImpl::Reference)
                     }
-                    run(ElImpl::Reference)
+                    other => other,
                 }
-                other => other,
-            },
-        }?;
-        Ok(CriterionOutput {
-            loss: out.loss,
-            nll_loss: out.nll_loss,
-            ntokens: out.ntokens,
-            sample_size: out.sample_size,
-            n_correct: out.n_correct,
-            total: out.total,
-            grad_logits: out.grad_logits,
-        })
+            }
+        }?)
     }
 }
 

@@ -26,10 +26,7 @@ pub fn parse_region_coord(field: &str) -> Result<[f32; 4]> {
 
 /// The resize ratios `P/w`, `P/h`: computed in f64, stored as f32.
 pub fn resize_ratios(w: u32, h: u32, patch_image_size: u32) -> (f32, f32) {
-    (
-        (patch_image_size as f64 / w as f64) as f32,
-        (patch_image_size as f64 / h as f64) as f32,
-    )
+    ((patch_image_size as f64 / w as f64) as f32, (patch_image_size as f64 / h as f64) as f32)
 }
 
 /// The box after the resize, divided by `max_image_size` (the reference's
@@ -51,10 +48,5 @@ pub fn quantize(c: f32, num_bins: usize) -> i64 {
 /// `b/(num_bins−1)·max_image_size / ratio`, in f32.
 pub fn bins_to_box(bins: [i64; 4], num_bins: usize, max_image_size: u32, w_ratio: f32, h_ratio: f32) -> [f32; 4] {
     let scale = |b: i64| b as f32 / (num_bins - 1) as f32 * max_image_size as f32;
-    [
-        scale(bins[0]) / w_ratio,
-        scale(bins[1]) / h_ratio,
-        scale(bins[2]) / w_ratio,
-        scale(bins[3]) / h_ratio,
-    ]
+    [scale(bins[0]) / w_ratio, scale(bins[1]) / h_ratio, scale(bins[2]) / w_ratio, scale(bins[3]) / h_ratio]
 }

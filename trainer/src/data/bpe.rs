@@ -7,10 +7,7 @@ use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{
-    Decoder, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer,
-    Tokenizer as HfTokenizer,
-};
+use tokenizers::{Decoder, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, Tokenizer as HfTokenizer};
 
 /// Text ↔ model ids, exactly as the reference's `encode_text` / decode.
 pub struct Tokenizer {
@@ -28,9 +25,7 @@ pub fn gpt2_pre_tokenizer() -> ByteLevel {
 /// (a leading space shows as `Ġ`). The synthetic BPE is built from these.
 pub fn gpt2_pieces(text: &str) -> Result<Vec<String>> {
     let mut pre = PreTokenizedString::from(text);
-    gpt2_pre_tokenizer()
-        .pre_tokenize(&mut pre)
-        .map_err(|e| anyhow!("pre-tokenising {text:?}: {e}"))?;
+    gpt2_pre_tokenizer().pre_tokenize(&mut pre).map_err(|e| anyhow!("pre-tokenising {text:?}: {e}"))?;
     Ok(pre
         .get_splits(OffsetReferential::Original, OffsetType::Byte)
         .into_iter()
@@ -66,20 +61,13 @@ impl Tokenizer {
 
     /// GPT-2 BPE ids of `text` (what fairseq's GPT-2 encoder writes out).
     pub fn gpt2_ids(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .bpe
-            .encode_fast(text, false)
-            .map_err(|e| anyhow!("BPE-encoding {text:?}: {e}"))?;
+        let enc = self.bpe.encode_fast(text, false).map_err(|e| anyhow!("BPE-encoding {text:?}: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// `encode_text(text)` of the reference with BPE: model ids, no bos/eos.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
-        Ok(self
-            .gpt2_ids(text)?
-            .into_iter()
-            .map(|id| self.dict.index(&id.to_string()))
-            .collect())
+        Ok(self.gpt2_ids(text)?.into_iter().map(|id| self.dict.index(&id.to_string())).collect())
     }
 
     /// `encode_text(text, use_bpe=False)`: whitespace-separated symbols looked up as they are.
@@ -107,9 +95,8 @@ impl Tokenizer {
             };
             tokens.push(token);
         }
-        let mut out = ByteLevelDecoder::default()
-            .decode_chain(tokens)
-            .map_err(|e| anyhow!("byte-level decoding: {e}"))?;
+        let mut out =
+            ByteLevelDecoder::default().decode_chain(tokens).map_err(|e| anyhow!("byte-level decoding: {e}"))?;
         Ok(out.pop().unwrap_or_default())
     }
 }

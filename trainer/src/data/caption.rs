@@ -1,10 +1,10 @@
 //! The caption task's samples (spec §2.2).
 
+use super::bpe::Tokenizer;
 use super::text::{collapse_whitespace, py_split, py_strip, remove_punctuation};
 use super::tsv::Row;
 use super::{EvalRef, Preprocess, Sample, Split};
 use anyhow::Result;
-use super::bpe::Tokenizer;
 
 /// The GPT-2 BPE prompt of the reference (leading space included).
 pub const PROMPT: &str = " what does the image describe?";
@@ -19,10 +19,7 @@ pub fn clean_train_caption(text: &str, max_words: usize) -> String {
 /// Validation text: whitespace collapsed, split on `&&`, each reference
 /// without punctuation and stripped. Empty references are kept, as in the reference.
 pub fn clean_valid_captions(text: &str) -> Vec<String> {
-    collapse_whitespace(text)
-        .split("&&")
-        .map(|c| py_strip(&remove_punctuation(c)).to_string())
-        .collect()
+    collapse_whitespace(text).split("&&").map(|c| py_strip(&remove_punctuation(c)).to_string()).collect()
 }
 
 /// Builds sample from a row unpacked as `(uniq_id, image, caption)`.

@@ -25,8 +25,7 @@ pub fn collate(samples: &[Sample], norm: &Normalize) -> Batch {
     let src: Vec<&[i64]> = samples.iter().map(|s| s.source.as_slice()).collect();
     let tgt: Vec<&[i64]> = samples.iter().map(|s| s.target.as_slice()).collect();
     let prev: Vec<&[i64]> = samples.iter().map(|s| s.prev_output_tokens.as_slice()).collect();
-    let src_lengths: Vec<i64> =
-        samples.iter().map(|s| s.source.iter().filter(|&&t| t != pad).count() as i64).collect();
+    let src_lengths: Vec<i64> = samples.iter().map(|s| s.source.iter().filter(|&&t| t != pad).count() as i64).collect();
     let ntokens = samples.iter().map(|s| s.target.iter().filter(|&&t| t != pad).count() as i64).sum();
 
     let (w, h) = samples[0].image.dimensions();

@@ -40,9 +40,9 @@ impl Dictionary {
             let Some((symbol, count)) = rest.rsplit_once(' ') else {
                 bail!("{}:{}: expected `SYMBOL COUNT`, found {line:?}", dict_txt.display(), n + 1);
             };
-            count.parse::<i64>().with_context(|| {
-                format!("{}:{}: the count {count:?} is not an integer", dict_txt.display(), n + 1)
-            })?;
+            count
+                .parse::<i64>()
+                .with_context(|| format!("{}:{}: the count {count:?} is not an integer", dict_txt.display(), n + 1))?;
             file_symbols.push((symbol.to_string(), overwrite, n + 1));
         }
         let mut dict = Self::with_specials(num_bins);
@@ -95,10 +95,7 @@ impl Dictionary {
 
     /// The symbol of `id`; ids out of range read as `<unk>`.
     pub fn symbol(&self, id: i64) -> &str {
-        usize::try_from(id)
-            .ok()
-            .and_then(|i| self.symbols.get(i))
-            .map_or("<unk>", String::as_str)
+        usize::try_from(id).ok().and_then(|i| self.symbols.get(i)).map_or("<unk>", String::as_str)
     }
 
     pub fn num_bins(&self) -> usize {

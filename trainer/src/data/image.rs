@@ -17,9 +17,7 @@ pub fn decode_base64(field: &str) -> Result<Vec<u8>> {
             c => c,
         })
         .collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(standard.as_bytes())
-        .map_err(|e| anyhow!("invalid base64 ({e})"))
+    base64::engine::general_purpose::STANDARD.decode(standard.as_bytes()).map_err(|e| anyhow!("invalid base64 ({e})"))
 }
 
 /// Decodes JPEG (libjpeg-turbo), PNG and the other formats the `image` crate reads, to
@@ -75,7 +73,8 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
             return Err(anyhow!("the JPEG image does not decode ({msg})"));
         }
     };
-    RgbImage::from_raw(w as u32, h as u32, rgb).ok_or_else(|| anyhow!("the JPEG image's pixel count does not match its size"))
+    RgbImage::from_raw(w as u32, h as u32, rgb)
+        .ok_or_else(|| anyhow!("the JPEG image's pixel count does not match its size"))
 }
 
 /// Per-channel mean and std of the model's input normalisation.

@@ -112,8 +112,9 @@ fn load(shared: &Shared, job: &Job) -> Result<MicroBatch> {
 }
 
 fn load_guarded(shared: &Shared, job: &Job) -> Result<MicroBatch> {
-    catch_unwind(AssertUnwindSafe(|| load(shared, job)))
-        .unwrap_or_else(|_| Err(anyhow!("a data worker panicked loading update {} micro-batch {}", job.update, job.micro)))
+    catch_unwind(AssertUnwindSafe(|| load(shared, job))).unwrap_or_else(|_| {
+        Err(anyhow!("a data worker panicked loading update {} micro-batch {}", job.update, job.micro))
+    })
 }
 
 fn worker(shared: &Shared) {

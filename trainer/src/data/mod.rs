@@ -126,7 +126,10 @@ pub struct Task {
 impl Task {
     /// Loads the tokenizer of `--bpe-dir`.
     pub fn new(args: &DataArgs) -> Result<Task> {
-        let dir = args.bpe_dir.as_ref().context("--bpe-dir is required: the folder with encoder.json, vocab.bpe and dict.txt")?;
+        let dir = args
+            .bpe_dir
+            .as_ref()
+            .context("--bpe-dir is required: the folder with encoder.json, vocab.bpe and dict.txt")?;
         let tokenizer = Tokenizer::from_bpe_dir(dir, args.code_dict_size, args.num_bins)?;
         Ok(Task { args: args.clone(), tokenizer: Arc::new(tokenizer) })
     }

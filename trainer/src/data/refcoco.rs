@@ -58,7 +58,11 @@ pub fn build(row: &Row, tok: &Tokenizer, pre: &Preprocess) -> Result<Sample> {
         .map(|&c| {
             let b = quantize(c, pre.num_bins);
             // A coordinate outside the image has no bin token: `<unk>`, as in the reference.
-            if (0..pre.num_bins as i64).contains(&b) { dict.bin_index(b as usize) } else { dict.unk() }
+            if (0..pre.num_bins as i64).contains(&b) {
+                dict.bin_index(b as usize)
+            } else {
+                dict.unk()
+            }
         })
         .collect();
     let src = tok.encode(&prompt(&pre_caption(&row.fields[2], pre.max_src_length)))?;

@@ -42,9 +42,7 @@ fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
         // `as i64` truncates toward zero, as C's `(int)` does.
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-        let w: Vec<f64> = (xmin..xmax)
-            .map(|x| bicubic((x as f64 - center + 0.5) / filterscale))
-            .collect();
+        let w: Vec<f64> = (xmin..xmax).map(|x| bicubic((x as f64 - center + 0.5) / filterscale)).collect();
         let total: f64 = w.iter().sum();
         let fixed = w
             .iter()

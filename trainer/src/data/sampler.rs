@@ -40,8 +40,18 @@ pub struct TrainPlan {
 
 impl TrainPlan {
     /// The plan of `epoch` (1-based) for `num_rows` rows.
-    pub fn new(num_rows: usize, batch_size: usize, update_freq: usize, world_size: usize, seed: u64, epoch: usize) -> Self {
-        assert!(batch_size > 0 && update_freq > 0 && world_size > 0, "batch size, update freq and world size are positive");
+    pub fn new(
+        num_rows: usize,
+        batch_size: usize,
+        update_freq: usize,
+        world_size: usize,
+        seed: u64,
+        epoch: usize,
+    ) -> Self {
+        assert!(
+            batch_size > 0 && update_freq > 0 && world_size > 0,
+            "batch size, update freq and world size are positive"
+        );
         let mut order: Vec<usize> = (0..num_rows).collect();
         // Golden-ratio mixing keeps (seed, epoch) pairs apart.
         Rng::new(seed.wrapping_mul(0x9E3779B97F4A7C15) ^ epoch as u64).shuffle(&mut order);
@@ -79,7 +89,11 @@ impl TrainPlan {
         assert!(rank < self.world_size, "rank {rank} of {}", self.world_size);
         (0..self.num_updates())
             .flat_map(|u| {
-                (0..self.update_freq).map(move |m| Job { update: u, micro: m, rows: self.micro_batch(u, rank, m).to_vec() })
+                (0..self.update_freq).map(move |m| Job {
+                    update: u,
+                    micro: m,
+                    rows: self.micro_batch(u, rank, m).to_vec(),
+                })
             })
             .collect()
     }

@@ -81,7 +81,11 @@ impl Object {
         SHAPES[self.shape]
     }
     fn size(&self) -> &'static str {
-        if self.large { "large" } else { "small" }
+        if self.large {
+            "large"
+        } else {
+            "small"
+        }
     }
     fn contains(&self, x: f64, y: f64) -> bool {
         let (dx, dy) = (x - self.cx, y - self.cy);
@@ -94,13 +98,7 @@ impl Object {
         }
     }
     fn region_coord(&self) -> String {
-        format!(
-            "{:.2},{:.2},{:.2},{:.2}",
-            self.cx - self.r,
-            self.cy - self.r,
-            self.cx + self.r,
-            self.cy + self.r
-        )
+        format!("{:.2},{:.2},{:.2},{:.2}", self.cx - self.r, self.cy - self.r, self.cx + self.r, self.cy + self.r)
     }
 }
 
@@ -165,7 +163,12 @@ fn captions(s: &Scene) -> Vec<String> {
             format!("a {} {} on a grey background", a.colour(), a.shape()),
             format!("one {} {} in the picture", a.colour(), a.shape()),
             format!("a {} {} shape", a.size(), a.colour()),
-            format!("a {} {} near the {}", a.colour(), a.shape(), if a.cx < s.w as f64 / 2.0 { "left" } else { "right" }),
+            format!(
+                "a {} {} near the {}",
+                a.colour(),
+                a.shape(),
+                if a.cx < s.w as f64 / 2.0 { "left" } else { "right" }
+            ),
         ],
         [a, b] => vec![
             format!("a {} {} and a {} {}", a.colour(), a.shape(), b.colour(), b.shape()),
@@ -190,12 +193,9 @@ fn expression(task: SynthTask, s: &Scene, k: usize, rng: &mut Rng) -> String {
             format!("the {sh} on the {pos}"),
             format!("{pos} {sh}"),
         ],
-        SynthTask::Refcocoplus => vec![
-            format!("{c} {sh}"),
-            format!("the {c} {sh}"),
-            format!("{sz} {c} {sh}"),
-            format!("the {sz} {c} {sh}"),
-        ],
+        SynthTask::Refcocoplus => {
+            vec![format!("{c} {sh}"), format!("the {c} {sh}"), format!("{sz} {c} {sh}"), format!("the {sz} {c} {sh}")]
+        }
         SynthTask::Refcocog => vec![
             format!("a {sz} {c} {sh} that is next to a {} {}", other.colour(), other.shape()),
             format!("the {c} {sh} which is {sz} and sits on the {pos} of the picture"),
@@ -224,7 +224,11 @@ fn make_split(args: &SynthArgs, images: usize, valid: bool, rng: &mut Rng, first
                 let labels: Vec<&str> = s.objects.iter().map(Object::shape).collect();
                 let caps = captions(&s);
                 if valid {
-                    out.lines.push(format!("{image_id}\t{image_id}\t{}\t{}\t{img}", caps.join("&&"), labels.join("&&")));
+                    out.lines.push(format!(
+                        "{image_id}\t{image_id}\t{}\t{}\t{img}",
+                        caps.join("&&"),
+                        labels.join("&&")
+                    ));
                     out.texts.push(format!(" {}", caps.join("&&")));
                 } else {
                     for (k, c) in caps.iter().enumerate() {

@@ -53,9 +53,7 @@ impl Row {
 pub fn parse_selected_cols(s: &str) -> Result<Vec<usize>> {
     s.split(',')
         .map(|c| {
-            c.trim()
-                .parse::<usize>()
-                .with_context(|| format!("--selected-cols {s:?}: {c:?} is not a column number"))
+            c.trim().parse::<usize>().with_context(|| format!("--selected-cols {s:?}: {c:?} is not a column number"))
         })
         .collect()
 }
@@ -225,9 +223,10 @@ fn index_paths(path: &Path, cache_dir: Option<&Path>) -> Vec<PathBuf> {
     if let Some(dir) = cache {
         // One cache file per absolute path, so two `train.tsv` do not collide.
         let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let key = abs.to_string_lossy().bytes().fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100000001b3)
-        });
+        let key = abs
+            .to_string_lossy()
+            .bytes()
+            .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
         paths.push(dir.join(format!("{key:016x}.index")));
     }
     if cache_dir.is_some() {

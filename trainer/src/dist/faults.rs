@@ -90,8 +90,11 @@ pub struct WatchGuard<'a> {
 
 impl Watchdog {
     pub fn new(timeout: Duration) -> Watchdog {
-        let shared =
-            Arc::new(Shared { state: Mutex::new(Watched { current: None, shutdown: false }), wake: Condvar::new(), timeout });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Watched { current: None, shutdown: false }),
+            wake: Condvar::new(),
+            timeout,
+        });
         let watched = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("elfin-collective-watchdog".into())

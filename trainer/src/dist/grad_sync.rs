@@ -55,7 +55,10 @@ impl GradSync {
         let mut layout: Vec<Param> = Vec::with_capacity(params.len());
         let mut bucket_specs: Vec<(Kind, Device, i64)> = Vec::new();
         for (name, tensor) in params {
-            ensure!(tensor.requires_grad(), "parameter `{name}` does not require a gradient; pass only trainable parameters");
+            ensure!(
+                tensor.requires_grad(),
+                "parameter `{name}` does not require a gradient; pass only trainable parameters"
+            );
             let (kind, device, numel) = (tensor.kind(), tensor.device(), tensor.numel() as i64);
             let bytes = numel as usize * kind.elt_size_in_bytes();
             let fits = bucket_specs.last().is_some_and(|&(k, d, used)| {
@@ -69,7 +72,8 @@ impl GradSync {
             layout.push(Param { name, tensor, bucket, offset: spec.2, numel });
             spec.2 += numel;
         }
-        let buckets = bucket_specs.iter().map(|&(kind, device, numel)| Tensor::zeros([numel], (kind, device))).collect();
+        let buckets =
+            bucket_specs.iter().map(|&(kind, device, numel)| Tensor::zeros([numel], (kind, device))).collect();
         let present = vec![0.0; layout.len()];
         Ok(GradSync { params: layout, buckets, present })
     }
@@ -151,7 +155,8 @@ impl GradSync {
         }
         for i in 0..self.params.len() {
             if self.present[i] > 0.0 {
-                self.attach_grad_view(i).with_context(|| format!("making the gradient of `{}` a bucket view", self.params[i].name))?;
+                self.attach_grad_view(i)
+                    .with_context(|| format!("making the gradient of `{}` a bucket view", self.params[i].name))?;
             }
         }
         pg.wait()
@@ -177,7 +182,12 @@ impl GradSync {
         let size = p.tensor.size();
         let stride = contiguous_strides(&size);
         let viewed = tch::no_grad(|| {
-            grad.f_set_source_tensor_storage_offset_(&self.buckets[p.bucket], p.offset, size.as_slice(), stride.as_slice())
+            grad.f_set_source_tensor_storage_offset_(
+                &self.buckets[p.bucket],
+                p.offset,
+                size.as_slice(),
+                stride.as_slice(),
+            )
         });
         if viewed.is_err() {
             // Some gradients forbid metadata changes; they keep their own
@@ -191,7 +201,11 @@ impl GradSync {
 /// Fails on every rank unless all ranks hold tensors of the same names,
 /// shapes and dtypes in the same order (a broadcast of mismatched tensors
 /// would fail inside MPI or NCCL, or hang).
-fn ensure_same_layout<'a>(pg: &ProcessGroup, named: impl Iterator<Item = (&'a str, &'a Tensor)>, what: &str) -> Result<()> {
+fn ensure_same_layout<'a>(
+    pg: &ProcessGroup,
+    named: impl Iterator<Item = (&'a str, &'a Tensor)>,
+    what: &str,
+) -> Result<()> {
     let mut h = Hasher64::new();
     for (name, t) in named {
         h.write(name.as_bytes());
@@ -211,7 +225,11 @@ fn ensure_same_layout<'a>(pg: &ProcessGroup, named: impl Iterator<Item = (&'a st
 }
 
 /// Broadcasts each tensor from `root` to every rank, in place.
-pub fn broadcast_tensors<'a>(pg: &ProcessGroup, tensors: impl IntoIterator<Item = &'a Tensor>, root: usize) -> Result<()> {
+pub fn broadcast_tensors<'a>(
+    pg: &ProcessGroup,
+    tensors: impl IntoIterator<Item = &'a Tensor>,
+    root: usize,
+) -> Result<()> {
     for t in tensors {
         pg.broadcast(&mut t.shallow_clone(), root)?;
     }

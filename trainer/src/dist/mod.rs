@@ -19,8 +19,8 @@ mod nccl_comm;
 mod process_group;
 mod world;
 
-pub use nccl_comm::nccl_version;
 pub use grad_sync::{broadcast_tensors, broadcast_var_store, check_consistency, trainable_named, GradSync};
+pub use nccl_comm::nccl_version;
 pub use process_group::{BackendKind, ProcessGroup};
 pub use world::World;
 

@@ -160,12 +160,21 @@ impl MpiComm {
             let chunk = unsafe { (ptr as *mut u8).add(done * elem.size()) as *mut c_void };
             let rc = match in_place_marker() {
                 // SAFETY: the buffer is valid for n elements; the marker is this library's MPI_IN_PLACE.
-                Some(marker) => unsafe { ffi::MPI_Allreduce(marker, chunk, n as c_int, datatype, op, self.comm.as_raw()) },
+                Some(marker) => unsafe {
+                    ffi::MPI_Allreduce(marker, chunk, n as c_int, datatype, op, self.comm.as_raw())
+                },
                 None => {
                     scratch.resize(n * elem.size(), 0u8);
                     // SAFETY: separate send (the tensor) and receive (scratch) buffers of n elements.
                     let rc = unsafe {
-                        ffi::MPI_Allreduce(chunk, scratch.as_mut_ptr() as *mut c_void, n as c_int, datatype, op, self.comm.as_raw())
+                        ffi::MPI_Allreduce(
+                            chunk,
+                            scratch.as_mut_ptr() as *mut c_void,
+                            n as c_int,
+                            datatype,
+                            op,
+                            self.comm.as_raw(),
+                        )
                     };
                     // SAFETY: both buffers hold n * size bytes.
                     unsafe { std::ptr::copy_nonoverlapping(scratch.as_ptr(), chunk as *mut u8, n * elem.size()) };
@@ -191,7 +200,13 @@ impl MpiComm {
             let n = (nbytes - done).min(i32::MAX as usize);
             // SAFETY: within the caller's buffer; MPI_UINT8_T has size 1.
             let rc = unsafe {
-                ffi::MPI_Bcast((ptr as *mut u8).add(done) as *mut c_void, n as c_int, ffi::RSMPI_UINT8_T, root as c_int, self.comm.as_raw())
+                ffi::MPI_Bcast(
+                    (ptr as *mut u8).add(done) as *mut c_void,
+                    n as c_int,
+                    ffi::RSMPI_UINT8_T,
+                    root as c_int,
+                    self.comm.as_raw(),
+                )
             };
             check(rc, "MPI_Bcast")?;
             done += n;

@@ -25,8 +25,24 @@ use std::sync::{Arc, OnceLock};
 struct NcclLib {
     get_unique_id: unsafe extern "C" fn(*mut ncclUniqueId) -> c_int,
     comm_init_rank: unsafe extern "C" fn(*mut ncclComm_t, c_int, ncclUniqueId, c_int) -> c_int,
-    all_reduce: unsafe extern "C" fn(*const c_void, *mut c_void, usize, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t) -> c_int,
-    broadcast: unsafe extern "C" fn(*const c_void, *mut c_void, usize, ncclDataType_t, c_int, ncclComm_t, cudaStream_t) -> c_int,
+    all_reduce: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        ncclDataType_t,
+        ncclRedOp_t,
+        ncclComm_t,
+        cudaStream_t,
+    ) -> c_int,
+    broadcast: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        ncclDataType_t,
+        c_int,
+        ncclComm_t,
+        cudaStream_t,
+    ) -> c_int,
     comm_destroy: unsafe extern "C" fn(ncclComm_t) -> c_int,
     get_version: unsafe extern "C" fn(*mut c_int) -> c_int,
     get_error_string: unsafe extern "C" fn(c_int) -> *const c_char,
@@ -163,7 +179,9 @@ impl NcclComm {
         self.ctx.bind_to_thread()?;
         let lib = nccl()?;
         // SAFETY: per the caller's contract; send and receive alias for in place.
-        let rc = unsafe { (lib.all_reduce)(ptr, ptr, count, nccl_type(elem), ncclRedOp_t::ncclSum, self.comm, torch_stream()) };
+        let rc = unsafe {
+            (lib.all_reduce)(ptr, ptr, count, nccl_type(elem), ncclRedOp_t::ncclSum, self.comm, torch_stream())
+        };
         lib.check(rc, "ncclAllReduce")
     }
 

@@ -18,7 +18,14 @@ pub struct OfaStepModel<'a> {
 
 impl<'a> OfaStepModel<'a> {
     /// Encodes `input` (on `device`) and repeats each row `beam` times.
-    pub fn new(model: &'a OfaModel, input: &NetInput, beam: usize, incremental: bool, precision: Precision, device: Device) -> Self {
+    pub fn new(
+        model: &'a OfaModel,
+        input: &NetInput,
+        beam: usize,
+        incremental: bool,
+        precision: Precision,
+        device: Device,
+    ) -> Self {
         let enc = precision.run(device, || {
             model.encode(&input.src_tokens, Some(&input.patch_images), Some(&input.patch_masks), false)
         });

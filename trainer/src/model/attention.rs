@@ -33,10 +33,7 @@ impl KeyValue {
 
     /// Appends later time steps.
     pub fn extend(&self, later: &KeyValue) -> KeyValue {
-        KeyValue {
-            key: Tensor::cat(&[&self.key, &later.key], 2),
-            value: Tensor::cat(&[&self.value, &later.value], 2),
-        }
+        KeyValue { key: Tensor::cat(&[&self.key, &later.key], 2), value: Tensor::cat(&[&self.value, &later.value], 2) }
     }
 }
 

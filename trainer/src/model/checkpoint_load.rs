@@ -11,8 +11,9 @@
 //! than the model's gets N(0, C^-½) rows appended.
 
 use super::relative_position::{image_bucket_table, token_bucket_table, TOKEN_BUCKET_MAX_POSITION};
+use crate::safetensors_dtype::{dtype_of, kind_of};
 use anyhow::{bail, Context, Result};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{SafeTensors, TensorView};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::path::Path;
@@ -35,38 +36,6 @@ const GROWABLE: [&str; 5] = [
     "decoder.embed_image_positions.weight",
 ];
 
-fn kind_of(dtype: Dtype) -> Result<Kind> {
-    Ok(match dtype {
-        Dtype::BOOL => Kind::Bool,
-        Dtype::U8 => Kind::Uint8,
-        Dtype::I8 => Kind::Int8,
-        Dtype::I16 => Kind::Int16,
-        Dtype::I32 => Kind::Int,
-        Dtype::I64 => Kind::Int64,
-        Dtype::F16 => Kind::Half,
-        Dtype::BF16 => Kind::BFloat16,
-        Dtype::F32 => Kind::Float,
-        Dtype::F64 => Kind::Double,
-        other => bail!("unsupported tensor dtype {other:?}"),
-    })
-}
-
-fn dtype_of(kind: Kind) -> Result<Dtype> {
-    Ok(match kind {
-        Kind::Bool => Dtype::BOOL,
-        Kind::Uint8 => Dtype::U8,
-        Kind::Int8 => Dtype::I8,
-        Kind::Int16 => Dtype::I16,
-        Kind::Int => Dtype::I32,
-        Kind::Int64 => Dtype::I64,
-        Kind::Half => Dtype::F16,
-        Kind::BFloat16 => Dtype::BF16,
-        Kind::Float => Dtype::F32,
-        Kind::Double => Dtype::F64,
-        other => bail!("cannot store tensors of kind {other:?} in safetensors"),
-    })
-}
-
 fn to_tensor(view: &TensorView) -> Result<Tensor> {
     let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
     Ok(Tensor::f_from_data_size(view.data(), &shape, kind_of(view.dtype())?)?)
@@ -75,7 +44,8 @@ fn to_tensor(view: &TensorView) -> Result<Tensor> {
 /// Every tensor of a safetensors file by name, aliases resolved, on the CPU.
 pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    let st =
+        SafeTensors::deserialize(&bytes).with_context(|| format!("{} is not a safetensors file", path.display()))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
@@ -119,7 +89,8 @@ pub fn read_layout(path: &Path) -> Result<(Shapes, Metadata)> {
     let mut metadata = HashMap::new();
     for (name, entry) in header {
         if name == "__metadata__" {
-            metadata = serde_json::from_value(entry).with_context(|| format!("{}: bad header metadata", path.display()))?;
+            metadata =
+                serde_json::from_value(entry).with_context(|| format!("{}: bad header metadata", path.display()))?;
             continue;
         }
         let shape = serde_json::from_value(entry["shape"].clone())
@@ -189,7 +160,9 @@ pub fn load_checkpoint(vs: &mut nn::VarStore, path: &Path) -> Result<()> {
             Extra::Tied(target) => {
                 if let Some(src) = file.get(target) {
                     if src.size() != t.size() || !src.to_kind(Kind::Float).equal(&t.to_kind(Kind::Float)) {
-                        problems.push(format!("{name} differs from {target}, but this model ties them (shared embeddings)"));
+                        problems.push(format!(
+                            "{name} differs from {target}, but this model ties them (shared embeddings)"
+                        ));
                     }
                 }
             }

@@ -100,7 +100,14 @@ fn input(tensors: &BTreeMap<String, Tensor>, name: &str, dims: usize, kinds: &[K
 }
 
 /// Catches inputs the model would reject with a libtorch error.
-fn check_inputs(src: &Tensor, images: &Tensor, masks: &Tensor, prev: &Tensor, vocab: i64, cfg: &OfaConfig) -> Result<()> {
+fn check_inputs(
+    src: &Tensor,
+    images: &Tensor,
+    masks: &Tensor,
+    prev: &Tensor,
+    vocab: i64,
+    cfg: &OfaConfig,
+) -> Result<()> {
     let b = src.size()[0];
     for (name, t) in [("patch_images", images), ("patch_masks", masks), ("prev_output_tokens", prev)] {
         if t.size()[0] != b {

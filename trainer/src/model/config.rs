@@ -196,11 +196,7 @@ impl OfaConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.embed_dim % self.attention_heads != 0 {
-            bail!(
-                "embed dim {} is not a multiple of the {} attention heads",
-                self.embed_dim,
-                self.attention_heads
-            );
+            bail!("embed dim {} is not a multiple of the {} attention heads", self.embed_dim, self.attention_heads);
         }
         if self.resnet_layers.len() != 3 || self.resnet_layers.iter().any(|&n| n < 1) {
             bail!("the ResNet needs 3 stages of at least one block, got {:?}", self.resnet_layers);

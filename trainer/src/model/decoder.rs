@@ -73,7 +73,13 @@ struct Positions {
 impl Decoder {
     /// `p` is the `decoder` path; `embed_tokens` [V, C] and
     /// `output_projection` [V, C] may be the same tensor (tied).
-    pub fn new(p: &nn::Path, cfg: &OfaConfig, embed_tokens: Tensor, output_projection: Tensor, buckets: PositionBuckets) -> Decoder {
+    pub fn new(
+        p: &nn::Path,
+        cfg: &OfaConfig,
+        embed_tokens: Tensor,
+        output_projection: Tensor,
+        buckets: PositionBuckets,
+    ) -> Decoder {
         let c = cfg.embed_dim;
         let h = cfg.attention_heads;
         let side = cfg.image_bucket_size;
@@ -87,15 +93,33 @@ impl Decoder {
             embed_image_positions: embedding_table(p / "embed_image_positions", side * side + 1, c, None, true),
             pos_ln: layer_norm(p / "pos_ln", c),
             image_pos_ln: layer_norm(p / "image_pos_ln", c),
-            self_pos_bias: PositionBias::new(p / "self_pos_q_linear", p / "self_pos_k_linear", c, h, cfg.attn_scale_factor),
-            cross_pos_bias: PositionBias::new(p / "cross_pos_q_linear", p / "cross_pos_k_linear", c, h, cfg.attn_scale_factor),
+            self_pos_bias: PositionBias::new(
+                p / "self_pos_q_linear",
+                p / "self_pos_k_linear",
+                c,
+                h,
+                cfg.attn_scale_factor,
+            ),
+            cross_pos_bias: PositionBias::new(
+                p / "cross_pos_q_linear",
+                p / "cross_pos_k_linear",
+                c,
+                h,
+                cfg.attn_scale_factor,
+            ),
             layers: drop_path_rates(cfg.decoder_drop_path_rate, cfg.decoder_layers)
                 .into_iter()
                 .enumerate()
                 .map(|(i, rate)| DecoderLayer::new(&(p / "layers" / i), cfg, rate))
                 .collect(),
             layer_norm: layer_norm_if(cfg.decoder_normalize_before, p / "layer_norm", c),
-            token_tables: relative_tables(p, "token_rel_pos_table_list", cfg.decoder_layers, token_table_rows(cfg.token_bucket_size), h),
+            token_tables: relative_tables(
+                p,
+                "token_rel_pos_table_list",
+                cfg.decoder_layers,
+                token_table_rows(cfg.token_bucket_size),
+                h,
+            ),
             image_tables: relative_tables(p, "image_rel_pos_table_list", cfg.decoder_layers, image_table_rows(side), h),
             code_position_ids: code_position_ids(cfg.code_image_size, side, rows).to_device(p.device()),
             buckets,
@@ -133,9 +157,7 @@ impl Decoder {
         let start = cache.as_ref().map_or(0, |c| c.steps);
         assert!(start < tt, "the decoder cache already holds {start} steps of a {tt}-step prefix");
         let new = tt - start;
-        let code_rows = code_masks
-            .map(|m| m.to_kind(Kind::Bool))
-            .filter(|m| m.any().int64_value(&[]) != 0);
+        let code_rows = code_masks.map(|m| m.to_kind(Kind::Bool)).filter(|m| m.any().int64_value(&[]) != 0);
         // Picks the image-code variant of a per-row tensor where a row is one.
         let pick = |code: &Tensor, text: Tensor| match &code_rows {
             Some(rows) => {
@@ -149,7 +171,10 @@ impl Decoder {
         // Positions and biases cover the whole prefix, then keep the new rows.
         let mut cache = cache;
         let cross_keys = match cache.as_deref_mut() {
-            Some(c) => c.cross_pos_keys.get_or_insert_with(|| self.cross_pos_bias.keys(&enc.position_embeddings)).shallow_clone(),
+            Some(c) => c
+                .cross_pos_keys
+                .get_or_insert_with(|| self.cross_pos_bias.keys(&enc.position_embeddings))
+                .shallow_clone(),
             None => self.cross_pos_bias.keys(&enc.position_embeddings),
         };
         let text = self.positions(self.embed_positions.narrow(0, 0, tt).unsqueeze(0), &self.pos_ln, &cross_keys);
@@ -176,7 +201,9 @@ impl Decoder {
             x = x + raw_pos.narrow(1, start, new);
         }
         let x = match (&code_rows, &self.code_layernorm_embedding) {
-            (Some(_), Some(code_ln)) => pick(&code_ln.forward(&x), apply_opt(x.shallow_clone(), &self.layernorm_embedding)),
+            (Some(_), Some(code_ln)) => {
+                pick(&code_ln.forward(&x), apply_opt(x.shallow_clone(), &self.layernorm_embedding))
+            }
             _ => apply_opt(x, &self.layernorm_embedding),
         };
         let mut x = dropout(x, self.dropout, train);

@@ -5,7 +5,9 @@
 use super::config::{OfaConfig, PAD};
 use super::embeddings::{apply_opt, dropout, embedding_table, layer_norm, layer_norm_if, linear, lookup, PositionBias};
 use super::layers::EncoderLayer;
-use super::relative_position::{image_position_ids, image_table_rows, relative_bias, token_table_rows, PositionBuckets};
+use super::relative_position::{
+    image_position_ids, image_table_rows, relative_bias, token_table_rows, PositionBuckets,
+};
 use super::resnet::{self, ResNet};
 use tch::nn::{self, Module, ModuleT};
 use tch::{Kind, Tensor};
@@ -81,7 +83,11 @@ impl Encoder {
             embed_tokens,
             embed_images: {
                 let resnet = ResNet::new(&(p / "embed_images"), &cfg.resnet_layers, cfg.resnet_drop_path_rate);
-                if cfg.freeze_resnet { resnet.freeze_batch_norm() } else { resnet }
+                if cfg.freeze_resnet {
+                    resnet.freeze_batch_norm()
+                } else {
+                    resnet
+                }
             },
             image_proj: linear(p / "image_proj", resnet::OUT_CHANNELS, c),
             type_embedding: cfg.add_type_embedding.then(|| embedding_table(p / "type_embedding", 2, c, None, true)),
@@ -98,7 +104,13 @@ impl Encoder {
                 .map(|(i, rate)| EncoderLayer::new(&(p / "layers" / i), cfg, rate))
                 .collect(),
             layer_norm: layer_norm_if(cfg.encoder_normalize_before, p / "layer_norm", c),
-            token_tables: relative_tables(p, "token_rel_pos_table_list", cfg.encoder_layers, token_table_rows(cfg.token_bucket_size), h),
+            token_tables: relative_tables(
+                p,
+                "token_rel_pos_table_list",
+                cfg.encoder_layers,
+                token_table_rows(cfg.token_bucket_size),
+                h,
+            ),
             image_tables: relative_tables(p, "image_rel_pos_table_list", cfg.encoder_layers, image_table_rows(side), h),
             buckets,
             dropout: cfg.dropout,
@@ -113,7 +125,13 @@ impl Encoder {
 
     /// Encodes `src_tokens` [B, L] after the features of the images (none for
     /// text-only input); `patch_masks` (bool [B]) false marks a row without an image.
-    pub fn forward(&self, src_tokens: &Tensor, image_features: Option<&Tensor>, patch_masks: Option<&Tensor>, train: bool) -> EncoderOut {
+    pub fn forward(
+        &self,
+        src_tokens: &Tensor,
+        image_features: Option<&Tensor>,
+        patch_masks: Option<&Tensor>,
+        train: bool,
+    ) -> EncoderOut {
         let (b, l) = src_tokens.size2().expect("src_tokens must be [B, L]");
         let device = src_tokens.device();
 

@@ -61,7 +61,14 @@ impl FeedForward {
     }
 }
 
-fn residual(p: &nn::Path, norm: &str, out_norm: Option<&str>, normalize_before: bool, cfg: &OfaConfig, rate: f64) -> Residual {
+fn residual(
+    p: &nn::Path,
+    norm: &str,
+    out_norm: Option<&str>,
+    normalize_before: bool,
+    cfg: &OfaConfig,
+    rate: f64,
+) -> Residual {
     Residual {
         norm: layer_norm(p / norm, cfg.embed_dim),
         out_norm: out_norm.and_then(|name| layer_norm_if(cfg.scale_attn, p / name, cfg.embed_dim)),
@@ -103,7 +110,8 @@ impl EncoderLayer {
 
     /// `x` [B, T, C]; `bias` broadcasts to [B, H, T, T].
     pub fn forward(&self, x: &Tensor, bias: &Tensor, train: bool) -> Tensor {
-        let x = self.attn_block.apply(x, train, |h| self.self_attn.forward(h, &self.self_attn.key_value(h), bias, train));
+        let x =
+            self.attn_block.apply(x, train, |h| self.self_attn.forward(h, &self.self_attn.key_value(h), bias, train));
         self.ffn_block.apply(&x, train, |h| self.ffn.forward(h, train))
     }
 }

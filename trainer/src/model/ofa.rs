@@ -26,7 +26,13 @@ impl OfaModel {
         let frozen = cfg.frozen_parameter_names();
         let trainable = |name: &str| !frozen.contains(&name);
         let (enc_p, dec_p) = (p / "encoder", p / "decoder");
-        let enc_tokens = embedding_table(&enc_p / "embed_tokens", vocab_size, c, Some(PAD), trainable("encoder.embed_tokens.weight"));
+        let enc_tokens = embedding_table(
+            &enc_p / "embed_tokens",
+            vocab_size,
+            c,
+            Some(PAD),
+            trainable("encoder.embed_tokens.weight"),
+        );
         let dec_tokens = if cfg.share_all_embeddings {
             enc_tokens.shallow_clone()
         } else {
@@ -62,19 +68,37 @@ impl OfaModel {
     }
 
     /// Encodes text [B, L] and images [B, 3, S, S] (none for text-only input).
-    pub fn encode(&self, src_tokens: &Tensor, patch_images: Option<&Tensor>, patch_masks: Option<&Tensor>, train: bool) -> EncoderOut {
+    pub fn encode(
+        &self,
+        src_tokens: &Tensor,
+        patch_images: Option<&Tensor>,
+        patch_masks: Option<&Tensor>,
+        train: bool,
+    ) -> EncoderOut {
         let features = patch_images.map(|images| self.encoder.image_features(images, train));
         self.encoder.forward(src_tokens, features.as_ref(), patch_masks, train)
     }
 
     /// [`encode`](Self::encode) from ready-made backbone features [B, 1024, h, w].
-    pub fn encode_features(&self, src_tokens: &Tensor, image_features: Option<&Tensor>, patch_masks: Option<&Tensor>, train: bool) -> EncoderOut {
+    pub fn encode_features(
+        &self,
+        src_tokens: &Tensor,
+        image_features: Option<&Tensor>,
+        patch_masks: Option<&Tensor>,
+        train: bool,
+    ) -> EncoderOut {
         self.encoder.forward(src_tokens, image_features, patch_masks, train)
     }
 
     /// Logits [B, T', V] of the steps of `prev_output_tokens` [B, T] that the
     /// cache doesn't hold yet (T' = T without a cache; 1 per generation step).
-    pub fn decode(&self, prev_output_tokens: &Tensor, enc: &EncoderOut, cache: Option<&mut DecoderCache>, train: bool) -> Tensor {
+    pub fn decode(
+        &self,
+        prev_output_tokens: &Tensor,
+        enc: &EncoderOut,
+        cache: Option<&mut DecoderCache>,
+        train: bool,
+    ) -> Tensor {
         self.decoder.forward(prev_output_tokens, enc, None, cache, train)
     }
 

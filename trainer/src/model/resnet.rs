@@ -215,13 +215,8 @@ impl ResNet {
 
 impl ModuleT for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut x = self.bn1.forward_t(&xs.apply(&self.conv1), train).relu().max_pool2d(
-            [3, 3],
-            [2, 2],
-            [1, 1],
-            [1, 1],
-            false,
-        );
+        let mut x =
+            self.bn1.forward_t(&xs.apply(&self.conv1), train).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for block in self.stages.iter().flatten() {
             x = block.forward_t(&x, train);
         }

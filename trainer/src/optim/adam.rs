@@ -84,11 +84,8 @@ impl Adam {
                 let _ = v.addcmul_(&(&grad * (1.0 - self.beta2)), &grad);
                 let denom = v.sqrt().g_add_scalar_(self.eps);
 
-                let mut master = if param.kind() == Kind::Float {
-                    param.shallow_clone()
-                } else {
-                    param.to_kind(Kind::Float)
-                };
+                let mut master =
+                    if param.kind() == Kind::Float { param.shallow_clone() } else { param.to_kind(Kind::Float) };
                 if self.weight_decay != 0.0 {
                     let decay = &master * (-self.weight_decay * lr);
                     let _ = master.g_add_(&decay);

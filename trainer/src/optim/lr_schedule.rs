@@ -37,11 +37,7 @@ impl PolynomialDecay {
     /// otherwise `--total-num-update` and `--warmup-updates` apply.
     pub fn from_args(args: &OptimArgs, computed_total: u64) -> Result<Self> {
         ensure!(args.lr > 0.0, "--lr must be positive, got {}", args.lr);
-        ensure!(
-            (0.0..1.0).contains(&args.warmup_ratio),
-            "--warmup-ratio must be in [0, 1), got {}",
-            args.warmup_ratio
-        );
+        ensure!((0.0..1.0).contains(&args.warmup_ratio), "--warmup-ratio must be in [0, 1), got {}", args.warmup_ratio);
         let (warmup_updates, total_updates) = if args.warmup_ratio > 0.0 {
             ((computed_total as f64 * args.warmup_ratio).floor() as u64, computed_total)
         } else {
@@ -73,9 +69,6 @@ impl PolynomialDecay {
     /// The line the reference prints when the schedule is set up.
     pub fn describe(&self) -> String {
         let factor = if self.warmup_updates > 0 { 1.0 / self.warmup_updates as f64 } else { 1.0 };
-        format!(
-            "Total steps {}, warmup steps {}, warmup_factor {}",
-            self.total_updates, self.warmup_updates, factor
-        )
+        format!("Total steps {}, warmup steps {}, warmup_factor {}", self.total_updates, self.warmup_updates, factor)
     }
 }

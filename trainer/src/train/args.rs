@@ -110,7 +110,9 @@ impl TrainArgs {
             (Some(DeviceKind::Cpu), _) | (None, None) => Ok(Device::Cpu),
             (_, Some(gpu)) => Ok(Device::Cuda(gpu)),
             (Some(DeviceKind::Cuda), None) => {
-                bail!("--device cuda, but no CUDA device is usable here (see `elfin-train --version`); use --device cpu")
+                bail!(
+                    "--device cuda, but no CUDA device is usable here (see `elfin-train --version`); use --device cpu"
+                )
             }
         }
     }

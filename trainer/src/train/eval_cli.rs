@@ -46,10 +46,17 @@ fn evaluate(world: &World, args: &EvalCmdArgs) -> Result<()> {
     let model = OfaModel::new(&vs.root(), &model_config(train)?, task.dictionary().len() as i64);
     match &args.checkpoint {
         Some(path) => {
-            let plan = LoadPlan::Restore { path: path.clone(), reset_optimizer: true, reset_dataloader: true, reset_meters: true };
+            let plan = LoadPlan::Restore {
+                path: path.clone(),
+                reset_optimizer: true,
+                reset_dataloader: true,
+                reset_meters: true,
+            };
             restore(&plan, &mut vs)?;
         }
-        None if world.is_main() => eprintln!("elfin-train eval: no --checkpoint: evaluating the untrained model (seed {})", train.run.seed),
+        None if world.is_main() => {
+            eprintln!("elfin-train eval: no --checkpoint: evaluating the untrained model (seed {})", train.run.seed)
+        }
         None => {}
     }
     let pg = ProcessGroup::new(world, &train.dist, device)?;

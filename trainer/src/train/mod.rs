@@ -4,6 +4,7 @@
 
 mod args;
 pub mod eval_cli;
+pub mod predict_cli;
 mod update;
 mod validate;
 
@@ -73,8 +74,6 @@ pub(crate) struct Trainer {
     epoch_meters: Meters,
     validator: validate::Validator,
     started: Instant,
-    /// Seconds the data loader kept the loop waiting, and the loop's own time, this run.
-    data_wait: f64,
 }
 
 impl Trainer {
@@ -112,7 +111,11 @@ impl Trainer {
         let mut bn_buffers: Vec<(String, Tensor)> = vs
             .variables()
             .into_iter()
-            .filter(|(name, _)| name.ends_with(".running_mean") || name.ends_with(".running_var") || name.ends_with(".num_batches_tracked"))
+            .filter(|(name, _)| {
+                name.ends_with(".running_mean")
+                    || name.ends_with(".running_var")
+                    || name.ends_with(".num_batches_tracked")
+            })
             .collect();
         // The same order on every rank: the var store is a hash map.
         bn_buffers.sort_by(|a, b| a.0.cmp(&b.0));
@@ -168,7 +171,6 @@ impl Trainer {
             epoch_meters: Meters::new(),
             validator,
             started: Instant::now(),
-            data_wait: 0.0,
             args,
         })
     }
@@ -180,7 +182,14 @@ impl Trainer {
             self.progress.epoch = epoch;
             let dataset = Arc::new(self.task.load(Split::Train, epoch as usize)?);
             let rows = dataset.len();
-            let plan = TrainPlan::new(rows, self.args.run.batch_size, self.args.run.update_freq, world_size, self.args.run.seed, epoch as usize);
+            let plan = TrainPlan::new(
+                rows,
+                self.args.run.batch_size,
+                self.args.run.update_freq,
+                world_size,
+                self.args.run.seed,
+                epoch as usize,
+            );
             let updates = plan.num_updates() as u64;
             let uf = self.args.run.update_freq;
             let jobs: Vec<_> = plan.jobs(rank).into_iter().skip(skip as usize * uf).collect();
@@ -189,6 +198,7 @@ impl Trainer {
                 self.console.start_epoch(epoch, updates);
             }
             self.epoch_meters.reset();
+            let epoch_start = Instant::now();
             for chunk in skip..updates {
                 let micro = (0..uf)
                     .map(|_| loader.next().context("the data loader ended before the epoch's last update")?)
@@ -209,15 +219,16 @@ impl Trainer {
                 self.validate_and_save(done, stop)?;
                 if stop {
                     let signal = signals::received_signal().unwrap_or(libc::SIGTERM);
-                    return Err(Preempted { signal, saved: self.args.checkpoint.save_dir.join(checkpoint::LAST) }.into());
+                    return Err(
+                        Preempted { signal, saved: self.args.checkpoint.save_dir.join(checkpoint::LAST) }.into()
+                    );
                 }
                 if done {
-                    self.log_epoch(epoch, &loader)?;
+                    self.log_epoch(epoch, &loader, epoch_start)?;
                     return Ok(());
                 }
             }
-            self.data_wait += loader.wait_time().as_secs_f64();
-            self.log_epoch(epoch, &loader)?;
+            self.log_epoch(epoch, &loader, epoch_start)?;
             skip = 0;
         }
         Ok(())
@@ -240,12 +251,15 @@ impl Trainer {
         self.report(RecordKind::Train, epoch, Scope::Interval { index, total }, &values)
     }
 
-    fn log_epoch(&mut self, epoch: u64, loader: &Loader) -> Result<()> {
+    fn log_epoch(&mut self, epoch: u64, loader: &Loader, started: Instant) -> Result<()> {
         let bad = self.sum_over_ranks(loader.bad_rows() as f64)?;
         if self.world.is_main() && bad > 0.0 {
             self.console.info(&format!("epoch {epoch:03}: skipped {bad} bad rows (--skip-bad-rows)"));
         }
-        let values = self.current_values(&self.epoch_meters);
+        let mut values = self.current_values(&self.epoch_meters);
+        // How much of the epoch rank 0 spent waiting for the data loader (goal: under 5%).
+        let waited = loader.wait_time().as_secs_f64() / started.elapsed().as_secs_f64().max(1e-9);
+        values.push(("data_wait_pct".into(), 100.0 * waited));
         self.report(RecordKind::Train, epoch, Scope::Epoch, &values)
     }
 
@@ -322,8 +336,7 @@ impl Trainer {
     }
 
     fn checkpoint_state(&self) -> CheckpointState {
-        let mut model: Vec<(String, Tensor)> =
-            self.vs.variables().into_iter().map(|(k, t)| (k, t.detach())).collect();
+        let mut model: Vec<(String, Tensor)> = self.vs.variables().into_iter().map(|(k, t)| (k, t.detach())).collect();
         model.sort_by(|a, b| a.0.cmp(&b.0));
         let mut progress = self.progress.clone();
         progress.previous_training_time += self.started.elapsed().as_secs_f64();
@@ -381,7 +394,7 @@ fn restore(plan: &LoadPlan, vs: &mut nn::VarStore) -> Result<Option<CheckpointSt
 }
 
 /// Copies an elfin checkpoint's `model` tensors into `vs`, strictly by name and shape.
-fn load_model_tensors(vs: &mut nn::VarStore, tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+pub(crate) fn load_model_tensors(vs: &mut nn::VarStore, tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
     let vars = vs.variables();
     let names: std::collections::BTreeSet<&str> = tensors.iter().map(|(k, _)| k.as_str()).collect();
     let missing: Vec<&String> = vars.keys().filter(|k| !names.contains(k.as_str())).collect();

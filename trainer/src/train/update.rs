@@ -41,14 +41,19 @@ impl Trainer {
         tch::manual_seed((self.args.run.seed + self.progress.num_updates) as i64);
         let scale = self.scaler.as_ref().map_or(1.0, |s| s.scale());
         let mut sums = Sums::default();
+        let mut fwd_bwd = 0.0;
         for mb in micro {
             let Some(batch) = &mb.batch else { continue };
             let input = batch.net_input.to_device(self.device);
             let target = batch.target.to_device(self.device);
+            let forward = Instant::now();
             let logits = self.precision.run(self.device, || self.model.forward_t(&input, true));
+            fwd_bwd += forward.elapsed().as_secs_f64();
             let out = self.criterion.compute(&logits, &target, None, None, self.progress.num_updates as i64)?;
             let grad = if scale == 1.0 { out.grad_logits } else { out.grad_logits * scale };
+            let backward = Instant::now();
             backward_with_grad(&logits, &grad)?;
+            fwd_bwd += backward.elapsed().as_secs_f64();
             sums.loss += out.loss;
             sums.nll_loss += out.nll_loss;
             sums.ntokens += batch.ntokens as f64;
@@ -70,7 +75,8 @@ impl Trainer {
         if overflow {
             self.zero_grads();
             if let (true, Some(scaler)) = (self.world.is_main(), &self.scaler) {
-                self.console.info(&format!("gradient overflow: skipping the update, loss scale lowered to {}", scaler.scale()));
+                self.console
+                    .info(&format!("gradient overflow: skipping the update, loss scale lowered to {}", scaler.scale()));
             }
             return Ok(None);
         }
@@ -102,6 +108,7 @@ impl Trainer {
             gnorm: clip.gnorm,
             clipped: (self.args.optim.clip_norm > 0.0).then_some(clip.clipped),
             train_wall: start.elapsed().as_secs_f64(),
+            fwd_bwd_wall: fwd_bwd,
         }))
     }
 

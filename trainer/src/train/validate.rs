@@ -76,28 +76,7 @@ impl Validator {
         } else {
             Metric::None
         };
-        let g = &args.eval.eval_args;
-        let beam = BeamSearchConfig {
-            beam: g.beam,
-            max_len_a: g.max_len_a,
-            max_len_b: g.max_len_b as i64,
-            min_len: g.min_len as i64,
-            no_repeat_ngram_size: g.no_repeat_ngram_size,
-            lenpen: if g.unnormalized { 0.0 } else { g.lenpen },
-            temperature: g.temperature,
-            unk_penalty: g.unkpen,
-            constraint_range: args
-                .criterion
-                .constraint_range
-                .as_deref()
-                .map(elfin_kernels::parse_constraint_range)
-                .transpose()
-                .map_err(anyhow::Error::msg)?,
-            bos: dict.bos(),
-            pad: dict.pad(),
-            eos: dict.eos(),
-            unk: dict.unk(),
-        };
+        let beam = beam_config(args, dict)?;
         Ok(Validator {
             dataset,
             kind: task.kind(),
@@ -176,10 +155,23 @@ impl Validator {
     }
 
     /// The best hypothesis of every row (tokens without the final eos).
-    fn generate(&self, model: &OfaModel, input: &crate::model::NetInput, device: Device, precision: Precision) -> Result<Vec<Vec<i64>>> {
+    fn generate(
+        &self,
+        model: &OfaModel,
+        input: &crate::model::NetInput,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Vec<Vec<i64>>> {
         let bsz = input.src_tokens.size()[0] as usize;
         let src_len = input.src_tokens.size()[1] as usize;
-        let mut step = OfaStepModel::new(model, input, self.beam.beam.min(model.vocab_size() as usize - 1), true, precision, device);
+        let mut step = OfaStepModel::new(
+            model,
+            input,
+            self.beam.beam.min(model.vocab_size() as usize - 1),
+            true,
+            precision,
+            device,
+        );
         let hyps = beam_search(&mut step, bsz, src_len, model.vocab_size(), &self.beam)?;
         Ok(hyps
             .into_iter()
@@ -206,13 +198,40 @@ impl Validator {
             (Metric::Acc(decoder), EvalRef::Region { region_coord, w_resize_ratio, h_resize_ratio }) => {
                 let dict_len = self.tokenizer.dictionary().len() as i64;
                 // Fewer than four tokens (only possible without min_len 4) count as bin 0.
-                let bins: [i64; 4] = std::array::from_fn(|k| tokens.get(k).map_or(0, |&t| decoder.bin_of_token(t, dict_len)));
+                let bins: [i64; 4] =
+                    std::array::from_fn(|k| tokens.get(k).map_or(0, |&t| decoder.bin_of_token(t, dict_len)));
                 let pred = decoder.decode(bins, *w_resize_ratio, *h_resize_ratio);
                 Prediction::grounding(id, pred, decoder.reference_box(*region_coord))
             }
             _ => anyhow::bail!("validation sample {id} does not match the {:?} task's metric", self.kind),
         })
     }
+}
+
+/// The generator of `--eval-args` (and `--constraint-range`).
+pub fn beam_config(args: &TrainArgs, dict: &crate::data::Dictionary) -> Result<BeamSearchConfig> {
+    let g = &args.eval.eval_args;
+    Ok(BeamSearchConfig {
+        beam: g.beam,
+        max_len_a: g.max_len_a,
+        max_len_b: g.max_len_b as i64,
+        min_len: g.min_len as i64,
+        no_repeat_ngram_size: g.no_repeat_ngram_size,
+        lenpen: if g.unnormalized { 0.0 } else { g.lenpen },
+        temperature: g.temperature,
+        unk_penalty: g.unkpen,
+        constraint_range: args
+            .criterion
+            .constraint_range
+            .as_deref()
+            .map(elfin_kernels::parse_constraint_range)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        bos: dict.bos(),
+        pad: dict.pad(),
+        eos: dict.eos(),
+        unk: dict.unk(),
+    })
 }
 
 /// All ranks' predictions, in rank order, on every rank.
@@ -247,7 +266,8 @@ fn thumbnail(batch: &Batch, i: usize) -> Result<String> {
     use base64::Engine;
     let img = batch.net_input.patch_images.get(i as i64);
     let (h, w) = (img.size()[1] as u32, img.size()[2] as u32);
-    let bytes = ((img * 0.5 + 0.5) * 255.0).round().clamp(0.0, 255.0).to_kind(tch::Kind::Uint8).permute([1, 2, 0]).contiguous();
+    let bytes =
+        ((img * 0.5 + 0.5) * 255.0).round().clamp(0.0, 255.0).to_kind(tch::Kind::Uint8).permute([1, 2, 0]).contiguous();
     let data = Vec::<u8>::try_from(bytes.reshape([-1]))?;
     let rgb = image::RgbImage::from_raw(w, h, data).context("thumbnail buffer has the wrong size")?;
     let mut png = Vec::new();

@@ -33,13 +33,32 @@ pub fn train_args(data: &Path, save_dir: &Path, extra: &[&str]) -> Vec<String> {
     .into_iter()
     .collect();
     let fixed = [
-        "--selected-cols=0,4,2", "--task=caption", "--arch=ofa_micro", "--patch-image-size=32",
-        "--encoder-normalize-before", "--decoder-normalize-before", "--share-all-embeddings",
-        "--layernorm-embedding", "--patch-layernorm-embedding", "--code-layernorm-embedding",
-        "--add-type-embedding", "--scale-attn", "--scale-fc", "--scale-heads", "--disable-entangle",
-        "--label-smoothing=0.1", "--lr=1e-3", "--warmup-updates=2", "--total-num-update=20",
-        "--weight-decay=0.01", "--clip-norm=1.0", "--max-epoch=5", "--log-interval=1",
-        "--num-workers=1", "--device=cpu", "--save-interval=0",
+        "--selected-cols=0,4,2",
+        "--task=caption",
+        "--arch=ofa_micro",
+        "--patch-image-size=32",
+        "--encoder-normalize-before",
+        "--decoder-normalize-before",
+        "--share-all-embeddings",
+        "--layernorm-embedding",
+        "--patch-layernorm-embedding",
+        "--code-layernorm-embedding",
+        "--add-type-embedding",
+        "--scale-attn",
+        "--scale-fc",
+        "--scale-heads",
+        "--disable-entangle",
+        "--label-smoothing=0.1",
+        "--lr=1e-3",
+        "--warmup-updates=2",
+        "--total-num-update=20",
+        "--weight-decay=0.01",
+        "--clip-norm=1.0",
+        "--max-epoch=5",
+        "--log-interval=1",
+        "--num-workers=1",
+        "--device=cpu",
+        "--save-interval=0",
     ];
     // A flag given in `extra` replaces its default here.
     let given = |flag: &str| extra.iter().any(|e| e.split('=').next() == flag.split('=').next());
@@ -86,7 +105,5 @@ pub fn train_records(save_dir: &Path) -> Vec<serde_json::Value> {
 pub fn max_param_diff(a: &Path, b: &Path) -> f32 {
     let (a, b) = (model_tensors(a), model_tensors(b));
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    a.iter()
-        .map(|(k, x)| x.iter().zip(&b[k]).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max))
-        .fold(0f32, f32::max)
+    a.iter().map(|(k, x)| x.iter().zip(&b[k]).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max)).fold(0f32, f32::max)
 }
