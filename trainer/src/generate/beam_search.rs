@@ -64,42 +64,63 @@ pub fn beam_search(
     ensure!(cfg.min_len <= max_len, "min_len {} exceeds max_len {}", cfg.min_len, max_len);
     let rows = bsz * k;
     let mut hyps: Vec<Vec<i64>> = vec![vec![cfg.bos]; rows];
-    let mut scores = vec![0f64; rows];
+    // Cumulative scores in float32, as the reference keeps them.
+    let mut scores = vec![0f32; rows];
     let mut finalized: Vec<Vec<Hypothesis>> = vec![Vec::new(); bsz];
     let mut finished = vec![false; bsz];
+    let cpu = tch::Device::Cpu;
     let allowed = cfg.constraint_range.map(|(start, end)| {
-        let ids = Tensor::arange(vocab, (Kind::Int64, tch::Device::Cpu));
+        let ids = Tensor::arange(vocab, (Kind::Int64, cpu));
         ids.lt(4).logical_or(&ids.ge(start).logical_and(&ids.lt(end)))
     });
+    let neg_inf = f64::NEG_INFINITY;
 
     for step in 0..=max_len {
         let tokens = Tensor::from_slice2(&hyps);
-        let mut logits = model.next_logits(&tokens)?.to_kind(Kind::Float).to_device(tch::Device::Cpu) / cfg.temperature;
+        let mut logits = model.next_logits(&tokens)?.to_kind(Kind::Float).to_device(cpu) / cfg.temperature;
         if let Some(allowed) = &allowed {
-            logits = logits.masked_fill(&allowed.logical_not().unsqueeze(0), f64::NEG_INFINITY);
+            logits = logits.masked_fill(&allowed.logical_not().unsqueeze(0), neg_inf);
         }
         let lp = logits.log_softmax(-1, Kind::Float);
-        let mut lp: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&lp)?;
-        for (row, row_lp) in lp.iter_mut().enumerate() {
-            for x in row_lp.iter_mut() {
-                if x.is_nan() {
-                    *x = f32::NEG_INFINITY;
-                }
-            }
-            if step < cfg.min_len {
-                row_lp[cfg.eos as usize] = f32::NEG_INFINITY;
-            }
-            row_lp[cfg.pad as usize] = f32::NEG_INFINITY;
-            row_lp[cfg.unk as usize] -= cfg.unk_penalty as f32;
-            if step >= max_len {
-                let eos_lp = row_lp[cfg.eos as usize];
-                row_lp.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
-                row_lp[cfg.eos as usize] = eos_lp;
-            }
-            for banned in banned_tokens(&hyps[row], cfg.no_repeat_ngram_size) {
-                row_lp[banned as usize] = f32::NEG_INFINITY;
+        let lp = lp.masked_fill(&lp.isnan(), neg_inf);
+        let column = |id: i64| lp.narrow(1, id, 1);
+        if step < cfg.min_len {
+            let _ = column(cfg.eos).fill_(neg_inf);
+        }
+        let _ = column(cfg.pad).fill_(neg_inf);
+        if cfg.unk_penalty != 0.0 {
+            let _ = column(cfg.unk).g_sub_scalar_(cfg.unk_penalty);
+        }
+        if step >= max_len {
+            let eos = column(cfg.eos).copy();
+            let _ = lp.shallow_clone().fill_(neg_inf);
+            column(cfg.eos).copy_(&eos);
+        }
+        let (mut banned_rows, mut banned_ids) = (Vec::new(), Vec::new());
+        for (row, hyp) in hyps.iter().enumerate() {
+            for id in banned_tokens(hyp, cfg.no_repeat_ngram_size) {
+                banned_rows.push(row as i64);
+                banned_ids.push(id);
             }
         }
+        if !banned_rows.is_empty() {
+            let index = [Some(Tensor::from_slice(&banned_rows)), Some(Tensor::from_slice(&banned_ids))];
+            let _ = lp.shallow_clone().index_put_(&index, &Tensor::from(f32::NEG_INFINITY), false);
+        }
+
+        // Candidates: every (beam, token) of a sentence, scored cumulatively.
+        let cand = (lp + Tensor::from_slice(&scores).unsqueeze(1)).view([bsz as i64, k as i64, vocab]);
+        let n_cand = if step == 0 {
+            // All beams are equal at the start: only the first is expanded.
+            let _ = cand.narrow(1, 1, k as i64 - 1).fill_(neg_inf);
+            (2 * k as i64).min(vocab - 1)
+        } else {
+            (2 * k as i64).min(k as i64 * vocab - 1)
+        }
+        .max(1);
+        let (top_scores, top_index) = cand.view([bsz as i64, -1]).topk(n_cand, 1, true, true);
+        let top_scores = Vec::<Vec<f32>>::try_from(&top_scores)?;
+        let top_index = Vec::<Vec<i64>>::try_from(&top_index)?;
 
         let mut order = Vec::with_capacity(rows);
         let mut next_hyps = Vec::with_capacity(rows);
@@ -115,25 +136,17 @@ pub fn beam_search(
                 }
                 continue;
             }
-            // At step 0 all beams are equal: expand only the first.
-            let live_beams = if step == 0 { 1 } else { k };
-            let mut cands: Vec<(f64, usize, i64)> = Vec::with_capacity(live_beams * vocab as usize);
-            for b in 0..live_beams {
-                let r = first + b;
-                for (v, &x) in lp[r].iter().enumerate() {
-                    cands.push((scores[r] + x as f64, b, v as i64));
-                }
-            }
-            let n_cand = (2 * k).min(cands.len() - 1).max(1);
-            // Descending by score; ties keep the flattened (beam, token) order as topk does.
-            cands.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
-            cands.truncate(n_cand);
+            let cands: Vec<(f32, usize, i64)> = top_scores[sent]
+                .iter()
+                .zip(&top_index[sent])
+                .map(|(&score, &i)| (score, (i / vocab) as usize, i % vocab))
+                .collect();
             for (rank, &(score, b, v)) in cands.iter().enumerate() {
                 if rank < k && v == cfg.eos && score.is_finite() && finalized[sent].len() < k {
                     let mut tokens = hyps[first + b][1..].to_vec();
                     tokens.push(cfg.eos);
                     let norm = ((step + 1) as f64).powf(cfg.lenpen);
-                    finalized[sent].push(Hypothesis { tokens, score: score / norm });
+                    finalized[sent].push(Hypothesis { tokens, score: f64::from(score) / norm });
                 }
             }
             if finalized[sent].len() >= k || step == max_len {
