@@ -20,7 +20,10 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         print(m["target"]["name"], m["executable"])' \
-  | while read -r name exe; do cp "$exe" "$out/tests/$name"; done
+  | while read -r name exe; do
+      # Only the test binaries with #[ignore]d (GPU) tests: the CPU tests run here.
+      if "$exe" --list --ignored 2>/dev/null | grep -q ': test$'; then cp "$exe" "$out/tests/$name"; fi
+    done
 cargo bench --workspace --no-run --message-format=json 2>/dev/null \
   | python3 -c '
 import json, sys
@@ -28,7 +31,9 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
         print(m["target"]["name"], m["executable"])' \
-  | while read -r name exe; do cp "$exe" "$out/benches/$name"; done
+  | while read -r name exe; do
+      case "$name" in el_loss|model|allreduce) cp "$exe" "$out/benches/$name" ;; esac  # the GPU benchmarks
+    done
 
 # Open MPI, mirrored under ompi/usr so that OPAL_PREFIX=ompi/usr relocates it.
 ompi_lib=/usr/lib/x86_64-linux-gnu/openmpi
@@ -44,7 +49,8 @@ skip='^(linux-vdso|ld-linux|libc\.|libm\.|libdl\.|libpthread\.|librt\.|libgcc_s|
 { find "$out/bin" "$out/tests" "$out/benches" "$out/ompi" -type f -perm -u+x; find "$out/ompi" -name '*.so*' -type f; } \
   | xargs -r ldd 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | sort -u \
   | while read -r name path; do
-      [[ $name =~ $skip ]] && continue
+      # The GPU machine's own torch wheel brings libtorch and the CUDA libraries.
+      [[ $name =~ $skip || $path == */site-packages/* ]] && continue
       [ -e "$out/lib/$name" ] || cp -L "$path" "$out/lib/$name"
     done
 # Debug line tables would make the bundle too large to carry.

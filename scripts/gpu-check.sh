@@ -25,8 +25,12 @@ export OPAL_PREFIX="$bundle/ompi/usr"
 export PATH="$bundle/ompi/usr/bin:$bundle/bin:$PATH"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export ELFIN_TRAIN_BIN="$bundle/bin/elfin-train" ELFIN_BENCH_DEVICE=cuda
-# Tests that look for shared/ (oracles) find it beside the repository copy.
-export ELFIN_SHARED_DIR=${ELFIN_SHARED_DIR:-$(cd "$bundle/.." && pwd)/../shared}
+# The oracle tests read shared/: inside the repository copy, else beside it.
+repo=$(cd "$bundle/.." && pwd)
+for candidate in "${ELFIN_SHARED_DIR:-}" "$repo/shared" "$repo/../shared"; do
+  if [ -n "$candidate" ] && [ -d "$candidate/oracles" ]; then export ELFIN_SHARED_DIR=$candidate; break; fi
+done
+[ -n "${ELFIN_SHARED_DIR:-}" ] || echo "gpu-check: no shared/ folder with oracles found; the oracle GPU tests will fail (set ELFIN_SHARED_DIR)" >&2
 
 note "== gpu-check $(date -u +%FT%TZ) on $(nvidia-smi -L 2>/dev/null | head -n1)"
 "$bundle/bin/elfin-train" --version > "$out/logs/version.log" 2>&1

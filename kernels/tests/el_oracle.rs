@@ -14,7 +14,8 @@ use tch::Tensor;
 
 /// `$ELFIN_SHARED_DIR/oracles/criterion` (set by scripts/gpu-check.sh), else the project's shared folder.
 fn oracles() -> String {
-    let shared = std::env::var("ELFIN_SHARED_DIR").unwrap_or_else(|_| "/work/shared".into());
+    let shared = std::env::var("ELFIN_SHARED_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared").into());
     format!("{shared}/oracles/criterion")
 }
 

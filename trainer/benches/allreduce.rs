@@ -20,7 +20,8 @@ use std::process::Command;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-const DEFAULT_SHAPES: &str = "/work/shared/oracles/model-ofa-tiny/state_dict_keys.txt";
+const DEFAULT_SHAPES: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/oracles/model-ofa-tiny/state_dict_keys.txt");
 
 struct Options {
     shapes: String,

@@ -9,7 +9,8 @@ use tch::{Kind, Tensor};
 
 /// `$ELFIN_SHARED_DIR/oracles/criterion/cases.safetensors`, else under the project's shared folder.
 fn oracles() -> String {
-    let shared = std::env::var("ELFIN_SHARED_DIR").unwrap_or_else(|_| "/work/shared".into());
+    let shared = std::env::var("ELFIN_SHARED_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared").into());
     format!("{shared}/oracles/criterion/cases.safetensors")
 }
 

@@ -12,7 +12,8 @@ use tch::{nn, Device, Kind, Tensor};
 /// The oracle folder under `$ELFIN_SHARED_DIR` (set by scripts/gpu-check.sh),
 /// else under the project's shared folder.
 fn oracle_dir() -> std::path::PathBuf {
-    let shared = std::env::var_os("ELFIN_SHARED_DIR").map_or_else(|| "/work/shared".into(), std::path::PathBuf::from);
+    let shared = std::env::var_os("ELFIN_SHARED_DIR")
+        .map_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared").into(), std::path::PathBuf::from);
     shared.join("oracles/model-ofa-tiny")
 }
 

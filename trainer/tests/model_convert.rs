@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use tch::{nn, Device, Tensor};
 
 const PYTHON: &str = "/opt/elfin/venv/bin/python";
-const ORACLE: &str = "/work/shared/oracles/model-ofa-tiny";
+const ORACLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/oracles/model-ofa-tiny");
 
 /// Writes `DIR/ckpt.pt` in the reference layout. Variants:
 /// - `full`: all 543 `ofa_tiny` entries (random values; the real bucket

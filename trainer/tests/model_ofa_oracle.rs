@@ -1,5 +1,5 @@
 //! `ofa_tiny` against one forward pass of the reference
-//! (`/work/shared/oracles/model-ofa-tiny`, see its README): the converted
+//! (`shared/oracles/model-ofa-tiny`, see its README): the converted
 //! state dict loads strictly, and logits and encoder output agree.
 
 use elfin_trainer::model::relative_position::{code_position_ids, image_bucket_table, token_bucket_table};
@@ -10,7 +10,8 @@ use tch::{nn, Device, Kind, Tensor};
 /// The oracle folder under `$ELFIN_SHARED_DIR` (set by scripts/gpu-check.sh),
 /// else under the project's shared folder.
 fn oracle_dir() -> std::path::PathBuf {
-    let shared = std::env::var_os("ELFIN_SHARED_DIR").map_or_else(|| "/work/shared".into(), std::path::PathBuf::from);
+    let shared = std::env::var_os("ELFIN_SHARED_DIR")
+        .map_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared").into(), std::path::PathBuf::from);
     shared.join("oracles/model-ofa-tiny")
 }
 

@@ -1,5 +1,5 @@
 //! The image backbone against the reference's `ofa_tiny` forward pass
-//! (`/work/shared/oracles/model-ofa-tiny`), and its train-mode behaviour.
+//! (`shared/oracles/model-ofa-tiny`), and its train-mode behaviour.
 
 use elfin_trainer::model::resnet::{self, ResNet};
 use std::collections::BTreeMap;
@@ -11,7 +11,8 @@ const PREFIX: &str = "encoder.embed_images.";
 
 /// `$ELFIN_SHARED_DIR` (set by scripts/gpu-check.sh), else the project's shared folder.
 fn oracle_dir() -> PathBuf {
-    let shared = std::env::var_os("ELFIN_SHARED_DIR").map_or_else(|| PathBuf::from("/work/shared"), PathBuf::from);
+    let shared = std::env::var_os("ELFIN_SHARED_DIR")
+        .map_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")), PathBuf::from);
     shared.join("oracles/model-ofa-tiny")
 }
 

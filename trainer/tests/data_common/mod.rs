@@ -3,17 +3,10 @@
 
 use std::path::PathBuf;
 
-/// The project's `shared/` folder: `$ELFIN_SHARED`, else beside the repository.
+/// The project's `shared/` folder: `$ELFIN_SHARED_DIR`, else beside the repository.
 pub fn shared() -> PathBuf {
-    if let Some(p) = std::env::var_os("ELFIN_SHARED") {
-        return PathBuf::from(p);
-    }
-    let beside = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared"));
-    if beside.is_dir() {
-        beside
-    } else {
-        PathBuf::from("/work/shared")
-    }
+    std::env::var_os("ELFIN_SHARED_DIR")
+        .map_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")), PathBuf::from)
 }
 
 pub fn bpe_dir() -> PathBuf {
