@@ -164,3 +164,49 @@ fn predict_captions_an_image_file_with_a_trained_checkpoint() {
         String::from_utf8_lossy(&wrong.stderr)
     );
 }
+
+#[test]
+fn validation_scores_are_the_same_on_one_and_two_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth_caption(tmp.path());
+    let save = tmp.path().join("run");
+    let eval = ["--eval-cider", r#"--eval-args={"beam":3,"max_len_b":6}"#, "--batch-size=3"];
+    run_trainer(&train_args(&data, &save, &[&eval[..], &["--max-update=4"]].concat()));
+    let checkpoint = format!("--checkpoint={}", save.join("checkpoint_last.safetensors").display());
+    let eval_args = |out: &str| {
+        let mut a = train_args(&data, &save, &eval);
+        a[0] = "eval".into();
+        a.push(checkpoint.clone());
+        a.push(format!("--out={}", tmp.path().join(out).display()));
+        a
+    };
+    let one = run_trainer(&eval_args("one.jsonl"));
+    let two = Command::new("mpirun")
+        .args(["-np", "2", "--oversubscribe", "-x", "OMP_NUM_THREADS=1", TRAINER])
+        .args(eval_args("two.jsonl"))
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap();
+    assert!(two.status.success(), "{}", String::from_utf8_lossy(&two.stderr));
+    let scores = |out: &[u8]| -> serde_json::Value {
+        serde_json::from_str(String::from_utf8_lossy(out).lines().last().expect("a scores line")).unwrap()
+    };
+    let (a, b) = (scores(&one.stdout), scores(&two.stdout));
+    assert!(a["cider"].is_number(), "{a}");
+    assert_eq!(a["cider"], b["cider"], "CIDEr on 1 and 2 ranks");
+    assert_eq!(a["nsentences"], 8.0);
+    assert_eq!(a["nsentences"], b["nsentences"]);
+    // The same predictions, in the same order (rank 0's share first).
+    let preds = |f: &str| std::fs::read_to_string(tmp.path().join(f)).unwrap();
+    let strip = |t: String| {
+        t.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("image");
+                v
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(preds("one.jsonl")), strip(preds("two.jsonl")));
+}

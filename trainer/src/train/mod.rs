@@ -318,6 +318,18 @@ impl Trainer {
         if self.world.is_main() {
             let path = self.args.checkpoint.save_dir.join("predictions.jsonl");
             crate::eval::prediction::write_jsonl(&path, &result.predictions)?;
+            if self.args.eval.eval_print_samples {
+                for p in result.predictions.iter().take(3) {
+                    let line = match (&p.prediction, &p.references, p.pred_box, p.ref_box) {
+                        (Some(hyp), Some(refs), _, _) => {
+                            format!("example hypothesis: {hyp}\nexample reference: {}", refs.join(" && "))
+                        }
+                        (_, _, Some(b), Some(r)) => format!("example box: {b:?}, reference {r:?}"),
+                        _ => continue,
+                    };
+                    self.console.info(&line);
+                }
+            }
         }
         let mut values = result.values;
         values.push(("num_updates".into(), self.progress.num_updates as f64));
