@@ -5,7 +5,7 @@
 
 use crate::el_input::{check, ElBatch};
 use crate::el_options::{ElError, ElOptions, ElOutput};
-use crate::el_plan::{plan, totals, PassConsts, RowStats, RowSums};
+use crate::el_plan::{output, plan, PassConsts, RowStats, RowSums};
 use cudarc::driver::{CudaContext, CudaFunction, LaunchConfig, PushKernelArg};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -219,14 +219,5 @@ pub fn forward_backward(opts: &ElOptions, batch: &ElBatch) -> Result<ElOutput, E
             *s = RowSums { bonus_all: h[0], kl: h[1] };
         }
     }
-    let (loss, nll_loss, ntokens, sample_size) = totals(opts, &checked, &plan, &sums);
-    Ok(ElOutput {
-        loss,
-        nll_loss,
-        ntokens,
-        sample_size,
-        n_correct: opts.report_accuracy.then_some(plan.n_correct),
-        total: opts.report_accuracy.then_some(plan.total),
-        grad_logits: grad,
-    })
+    Ok(output(opts, &checked, &plan, &sums, grad))
 }

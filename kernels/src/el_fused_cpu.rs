@@ -12,7 +12,7 @@
 
 use crate::el_input::{check, Checked, ElBatch};
 use crate::el_options::{ElError, ElOptions, ElOutput};
-use crate::el_plan::{plan, totals, Job, PassConsts, RowStats, RowSums, Side};
+use crate::el_plan::{output, plan, Job, PassConsts, RowStats, RowSums, Side};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
@@ -292,19 +292,10 @@ pub fn forward_backward(opts: &ElOptions, batch: &ElBatch) -> Result<ElOutput, E
             sums[k] = s;
         }
     }
-    let (loss, nll_loss, ntokens, sample_size) = totals(opts, &checked, &plan, &sums);
     let grad_logits = if batch.logits.kind() == Kind::Float && batch.logits.device() == Device::Cpu {
         grad
     } else {
         grad.to_kind(batch.logits.kind()).to_device(batch.logits.device())
     };
-    Ok(ElOutput {
-        loss,
-        nll_loss,
-        ntokens,
-        sample_size,
-        n_correct: opts.report_accuracy.then_some(plan.n_correct),
-        total: opts.report_accuracy.then_some(plan.total),
-        grad_logits,
-    })
+    Ok(output(opts, &checked, &plan, &sums, grad_logits))
 }

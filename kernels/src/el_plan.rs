@@ -6,7 +6,8 @@
 
 use crate::el_input::Checked;
 use crate::el_math::{exp_f32, Bonus};
-use crate::el_options::ElOptions;
+use crate::el_options::{ElOptions, ElOutput};
+use tch::Tensor;
 
 /// What the statistics sweep finds in one row (over the allowed ids).
 #[derive(Clone, Copy, Debug, Default)]
@@ -198,14 +199,28 @@ pub(crate) fn plan(opts: &ElOptions, checked: &Checked, stats: &[RowStats], mask
     }
 }
 
-/// (loss, nll_loss, ntokens, sample_size) from the plan and the per-job sums.
-pub(crate) fn totals(opts: &ElOptions, checked: &Checked, plan: &Plan, sums: &[RowSums]) -> (f64, f64, i64, i64) {
+/// The loss's result from the plan, the per-row sums of the fused pass and
+/// its gradient: loss = CE + (1−ε)·gold bonus + (ε/V)·all-class bonus (+ R-Drop KL).
+pub(crate) fn output(
+    opts: &ElOptions,
+    checked: &Checked,
+    plan: &Plan,
+    sums: &[RowSums],
+    grad_logits: Tensor,
+) -> ElOutput {
     let eps = opts.label_smoothing;
     let bonus_all: f64 = sums.iter().map(|s| s.bonus_all).sum();
     // Each KL pair is summed by both of its rows; count it once.
     let kl: f64 = sums[..if opts.use_rdrop { sums.len() / 2 } else { 0 }].iter().map(|s| s.kl).sum();
     let loss = plan.ce + (1.0 - eps) * plan.bonus_gold + eps / checked.v as f64 * bonus_all + opts.reg_alpha * 0.5 * kl;
     let ntokens = plan.jobs.len() as i64;
-    let sample_size = if opts.sentence_avg { checked.b as i64 } else { ntokens };
-    (loss, plan.nll, ntokens, sample_size)
+    ElOutput {
+        loss,
+        nll_loss: plan.nll,
+        ntokens,
+        sample_size: if opts.sentence_avg { checked.b as i64 } else { ntokens },
+        n_correct: opts.report_accuracy.then_some(plan.n_correct),
+        total: opts.report_accuracy.then_some(plan.total),
+        grad_logits,
+    }
 }
