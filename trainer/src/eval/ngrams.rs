@@ -5,7 +5,7 @@
 //! unigrams first, then bigrams, …, as the reference's dict iterates them, so
 //! sums over n-grams add in the reference's order.
 
-use super::text_norm::python_split;
+use crate::data::text::py_split;
 use std::collections::HashMap;
 
 /// Highest n-gram order CIDEr-D uses.
@@ -20,7 +20,7 @@ pub struct NgramCounts {
 
 impl NgramCounts {
     pub fn of(sentence: &str) -> Self {
-        let words: Vec<&str> = python_split(sentence).collect();
+        let words: Vec<&str> = py_split(sentence).collect();
         let mut entries: Vec<(String, usize, u32)> = Vec::new();
         let mut position: HashMap<String, usize> = HashMap::new();
         for order in 1..=MAX_ORDER {
@@ -60,7 +60,7 @@ impl NgramCounts {
 /// 1..=4 words joined by single spaces (such a key could never match).
 pub fn key_order(key: &str) -> Option<usize> {
     let words: Vec<&str> = key.split(' ').collect();
-    let well_formed = words.iter().all(|w| !w.is_empty() && python_split(w).count() == 1);
+    let well_formed = words.iter().all(|w| !w.is_empty() && py_split(w).count() == 1);
     (well_formed && (1..=MAX_ORDER).contains(&words.len())).then_some(words.len())
 }
 
