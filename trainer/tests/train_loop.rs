@@ -210,3 +210,26 @@ fn validation_scores_are_the_same_on_one_and_two_ranks() {
     };
     assert_eq!(strip(preds("one.jsonl")), strip(preds("two.jsonl")));
 }
+
+#[test]
+fn a_pt_restore_file_uses_its_converted_twin_or_says_how_to_convert_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth_caption(tmp.path());
+    let pretrained = tmp.path().join("pretrained");
+    run_trainer(&train_args(&data, &pretrained, &["--max-update=1"]));
+    let pt = tmp.path().join("ofa_micro.pt");
+    std::fs::write(&pt, b"not read: a pickle").unwrap();
+    let restore = format!("--restore-file={}", pt.display());
+
+    let out = Command::new(TRAINER)
+        .args(train_args(&data, &tmp.path().join("a"), &["--max-update=1", &restore]))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("convert_ofa_checkpoint.py") && stderr.contains("ofa_micro.pt"), "{stderr}");
+
+    std::fs::copy(pretrained.join("checkpoint_last.safetensors"), tmp.path().join("ofa_micro.safetensors")).unwrap();
+    let out = run_trainer(&train_args(&data, &tmp.path().join("b"), &["--max-update=1", &restore]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("restoring from"));
+}

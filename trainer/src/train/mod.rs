@@ -393,6 +393,13 @@ fn schedule_total(args: &TrainArgs, train_rows: u64, world_size: u64) -> u64 {
 /// elfin checkpoint (a converted OFA checkpoint has weights only).
 fn restore(plan: &LoadPlan, vs: &mut nn::VarStore) -> Result<Option<CheckpointState>> {
     let Some(path) = plan.path() else { return Ok(None) };
+    let twin;
+    let path = if path.extension().is_some_and(|e| e == "pt") {
+        twin = converted_twin(path)?;
+        twin.as_path()
+    } else {
+        path
+    };
     if checkpoint::is_elfin_checkpoint(path)? {
         let state = plan.apply(checkpoint::load_checkpoint(path)?);
         load_model_tensors(vs, &state.model, path)?;
@@ -403,6 +410,28 @@ fn restore(plan: &LoadPlan, vs: &mut nn::VarStore) -> Result<Option<CheckpointSt
     }
     crate::model::load_checkpoint(vs, path)?;
     Ok(None)
+}
+
+/// The `.safetensors` beside a reference `.pt` checkpoint, which elfin reads
+/// instead of the pickle; without it, the command that makes it.
+fn converted_twin(pt: &Path) -> Result<std::path::PathBuf> {
+    let twin = pt.with_extension("safetensors");
+    if twin.exists() {
+        return Ok(twin);
+    }
+    let script = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.join("scripts/convert_ofa_checkpoint.py")))
+        .filter(|s| s.exists())
+        .map_or_else(|| "scripts/convert_ofa_checkpoint.py".to_string(), |s| s.display().to_string());
+    let python = std::env::var("ELFIN_ENV").map_or_else(|_| "/opt/elfin/venv".to_string(), |e| e) + "/bin/python";
+    bail!(
+        "{} is a PyTorch pickle, which elfin does not read; convert it once with\n  {python} {script} {}\n\
+         (it writes {} beside it, which --restore-file then uses)",
+        pt.display(),
+        pt.display(),
+        twin.display()
+    )
 }
 
 /// Copies an elfin checkpoint's `model` tensors into `vs`, strictly by name and shape.
