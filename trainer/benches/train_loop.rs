@@ -57,8 +57,7 @@ fn run(dir: &Path, arch: &str, image: u32, batch: u32, updates: u64) {
     let last = text
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["scope"] == "interval")
-        .last()
+        .rfind(|r| r["scope"] == "interval")
         .expect("an interval record");
     let n = (updates - updates / 2) as f64;
     let update = 1.0 / last["ups"].as_f64().unwrap();

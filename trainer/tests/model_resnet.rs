@@ -151,7 +151,7 @@ fn drop_path_keeps_or_zeroes_whole_samples_only_in_training() {
     let first = per_sample.select(1, 0).unsqueeze(1);
     assert!(per_sample.equal(&first.expand_as(&per_sample)), "the mask must be per sample");
     let kept_value = 1.0 / 0.75;
-    let kept = first.eq(kept_value as f64).sum(Kind::Int64).int64_value(&[]);
+    let kept = first.eq(kept_value).sum(Kind::Int64).int64_value(&[]);
     let dropped = first.eq(0.0).sum(Kind::Int64).int64_value(&[]);
     assert_eq!(kept + dropped, 4000, "samples are either scaled by 1/keep or zeroed");
     assert!((2850..3150).contains(&kept), "kept {kept} of 4000 at keep 0.75");

@@ -69,7 +69,9 @@ fn load_nccl() -> Result<NcclLib, String> {
         }
     };
     // SAFETY: each symbol is the NCCL 2.x function of that name, whose C
-    // signature the field's type spells out.
+    // signature the field's type spells out (the target type of each
+    // transmute is that field's type).
+    #[allow(clippy::missing_transmute_annotations)]
     unsafe {
         Ok(NcclLib {
             get_unique_id: std::mem::transmute::<*mut c_void, _>(symbol("ncclGetUniqueId")?),

@@ -243,7 +243,7 @@ impl Trainer {
 
     fn log_interval(&mut self, epoch: u64, index: u64, total: u64) -> Result<()> {
         let n = self.progress.num_updates;
-        if self.args.run.log_interval == 0 || n % self.args.run.log_interval != 0 {
+        if self.args.run.log_interval == 0 || !n.is_multiple_of(self.args.run.log_interval) {
             return Ok(());
         }
         let values = self.current_values(&self.meters);
@@ -424,7 +424,7 @@ fn converted_twin(pt: &Path) -> Result<std::path::PathBuf> {
         .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.join("scripts/convert_ofa_checkpoint.py")))
         .filter(|s| s.exists())
         .map_or_else(|| "scripts/convert_ofa_checkpoint.py".to_string(), |s| s.display().to_string());
-    let python = std::env::var("ELFIN_ENV").map_or_else(|_| "/opt/elfin/venv".to_string(), |e| e) + "/bin/python";
+    let python = std::env::var("ELFIN_ENV").unwrap_or_else(|_| "/opt/elfin/venv".to_string()) + "/bin/python";
     bail!(
         "{} is a PyTorch pickle, which elfin does not read; convert it once with\n  {python} {script} {}\n\
          (it writes {} beside it, which --restore-file then uses)",
