@@ -76,24 +76,21 @@ impl Adam {
                         param.size()
                     );
                 }
-                // In place, with one temporary: the step is memory-bound.
                 let m = &mut moments.exp_avg;
-                let _ = m.lerp_(&grad, 1.0 - self.beta1);
+                let _ = m.g_mul_scalar_(self.beta1);
+                let _ = m.g_add_(&(&grad * (1.0 - self.beta1)));
                 let v = &mut moments.exp_avg_sq;
-                let _ = v.lerp_(&grad.square(), 1.0 - self.beta2);
-                if step_size == 0.0 {
-                    // The reference's first update runs at LR 0: moments advance, weights stay.
-                    continue;
-                }
-                // p ← p·(1 − lr·wd) + m / ((√v + eps) / −step_size)
-                let mut denom = v.sqrt();
-                let _ = denom.g_add_scalar_(self.eps).g_div_scalar_(-step_size);
+                let _ = v.g_mul_scalar_(self.beta2);
+                let _ = v.addcmul_(&(&grad * (1.0 - self.beta2)), &grad);
+                let denom = v.sqrt().g_add_scalar_(self.eps);
+
                 let mut master =
                     if param.kind() == Kind::Float { param.shallow_clone() } else { param.to_kind(Kind::Float) };
                 if self.weight_decay != 0.0 {
-                    let _ = master.g_mul_scalar_(1.0 - self.weight_decay * lr);
+                    let decay = &master * (-self.weight_decay * lr);
+                    let _ = master.g_add_(&decay);
                 }
-                let _ = master.addcdiv_(m, &denom);
+                let _ = master.g_add_(&(&*m / &denom * (-step_size)));
                 if param.kind() != Kind::Float {
                     param.shallow_clone().copy_(&master);
                 }
