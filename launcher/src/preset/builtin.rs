@@ -10,6 +10,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("refcoco_el", include_str!("../../../scripts/presets/refcoco_el.sh")),
     ("refcocoplus_el", include_str!("../../../scripts/presets/refcocoplus_el.sh")),
     ("refcocog_el", include_str!("../../../scripts/presets/refcocog_el.sh")),
+    ("_demo_cpu", include_str!("../../../scripts/presets/_demo_cpu.sh")),
     ("demo_caption_el", include_str!("../../../scripts/presets/demo_caption_el.sh")),
     ("demo_refcoco_el", include_str!("../../../scripts/presets/demo_refcoco_el.sh")),
 ];
