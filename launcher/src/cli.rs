@@ -67,11 +67,28 @@ pub struct LaunchArgs {
     /// Where each rank writes rank-N.log (default: the preset's log_dir, else ./logs).
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
-    /// Print the plan and the command, and run nothing.
+    /// Print the plan and the command, have the trainer check its command
+    /// line and paths (on every host), and run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Restart the whole job from checkpoint_last up to N times when a rank
+    /// dies (a crash, kill -9, out of memory) or the ranks are preempted by a
+    /// signal not sent to `elfin launch` (as torchrun's --max-restarts).
+    /// A stop sent to `elfin launch` itself always ends the job (status 75).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_restarts: u32,
+    /// Seconds to wait before each restart.
+    #[arg(long, value_name = "S", default_value_t = 3.0, value_parser = parse_seconds)]
+    pub restart_delay: f64,
     #[command(flatten)]
     pub source: PresetSource,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds (0 or more)")),
+    }
 }
 
 #[derive(Args, Debug)]

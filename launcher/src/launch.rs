@@ -2,11 +2,13 @@
 
 use crate::cli::LaunchArgs;
 use crate::mpi_env::{self, MpiEnv};
-use crate::mpirun::{forwarded_from_env, mpirun_command, Job};
+use crate::mpirun::{check_command, forwarded_from_env, mpirun_command, Job};
 use crate::plan::{make_plan, read_hostfile, visible_gpus, Device, NodeInfo, Plan, PlanRequest};
 use crate::preset::resolve::{resolve, Catalog, ResolveOptions, Resolved};
 use crate::quote::shell_join;
-use crate::run::{rank_log, run_job};
+use crate::run::rank_log;
+use crate::stop;
+use crate::supervise::{supervise, Supervision};
 use anyhow::{bail, Context, Result};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -100,15 +102,18 @@ pub fn run(args: LaunchArgs) -> Result<ExitCode> {
         println!("first:   {}", shell_join(synth));
     }
     println!("command: {}", mpirun.display());
-    if args.dry_run {
-        return Ok(ExitCode::SUCCESS);
-    }
-
     if !trainer.is_file() {
         bail!(
             "the trainer {} does not exist; build it (cargo build --release -p elfin-trainer) or set {TRAIN_BIN_ENV}",
             trainer.display()
         );
+    }
+    // From here on a stop request is kept for the job, not fatal to us.
+    stop::install(false);
+    if args.dry_run {
+        // The synthetic data is made only by a real launch: check the rest.
+        let scope = if synth.is_some() { "no-data" } else { "all" };
+        return preflight(&job, scope);
     }
     if let Some(synth) = synth {
         let status =
@@ -117,8 +122,46 @@ pub fn run(args: LaunchArgs) -> Result<ExitCode> {
             bail!("making the synthetic data failed ({status}): {}", shell_join(&synth));
         }
     }
+    let checked = preflight(&job, "all")?;
+    if checked != ExitCode::SUCCESS {
+        return Ok(checked);
+    }
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating log dir {}", log_dir.display()))?;
-    run_job(&mpirun, &log_dir, plan.total_ranks)
+    supervise(&Supervision {
+        mpirun: &mpirun,
+        ranks: plan.total_ranks,
+        log_dir: &log_dir,
+        save_dir: resolved.flag_value("save-dir").map(PathBuf::from),
+        max_restarts: args.max_restarts,
+        restart_delay: std::time::Duration::from_secs_f64(args.restart_delay),
+    })
+}
+
+/// Has the trainer check its command line and paths (`--check-only`), on
+/// every host of the plan, before any rank starts; exit status 2 if it refuses.
+fn preflight(job: &Job, scope: &str) -> Result<ExitCode> {
+    let check = check_command(job, scope);
+    let out = check
+        .command()
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running the trainer's check: {}", check.display()))?;
+    let hosts = job.plan.hosts.len().max(1);
+    if out.status.success() {
+        let what = if scope == "all" {
+            "flags, BPE, data and checkpoint paths"
+        } else {
+            "flags, BPE and checkpoint paths (the synthetic data is made at launch)"
+        };
+        println!("check:   ok on {hosts} host(s): {what}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let reason: Vec<&str> = stderr.lines().chain(stdout.lines()).filter(|l| !l.starts_with("check: ")).collect();
+    eprintln!("elfin: the trainer refused its command line, so no rank was started:\n{}", reason.join("\n"));
+    eprintln!("elfin: (checked with: {})", check.display());
+    Ok(ExitCode::from(2))
 }
 
 fn print_plan(resolved: &Resolved, plan: &Plan, log_dir: &Path, hostfile: Option<&Path>) {

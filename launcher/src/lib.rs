@@ -9,5 +9,8 @@ pub mod plan;
 pub mod preset;
 pub mod presets_command;
 pub mod quote;
+pub mod rank_report;
 pub mod report;
 pub mod run;
+pub mod stop;
+pub mod supervise;

@@ -25,7 +25,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Launch(_) | Command::Rank(_)) {
+        // `elfin presets show NAME | head`: end quietly when the reader goes.
+        // (A launcher keeps running its job whatever happens to its console.)
+        // SAFETY: setting a signal's disposition to its default has no preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    let result = match cli.command {
         Command::Presets(args) => presets_command::run(args),
         Command::Launch(args) => launch::run(args),
         Command::Rank(args) => run::run_rank(&args.log_dir, &args.trainer),
@@ -33,6 +40,11 @@ fn main() -> ExitCode {
     };
     result.unwrap_or_else(|err| {
         eprintln!("elfin: error: {err:#}");
-        ExitCode::FAILURE
+        // A refused --set is a usage error, like a bad flag.
+        if err.is::<elfin_launcher::preset::resolve::SetRefused>() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::FAILURE
+        }
     })
 }

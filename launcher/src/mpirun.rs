@@ -18,6 +18,12 @@ impl CommandLine {
         shell_join(&[env, self.argv.clone()].concat())
     }
 
+    /// Sets `name` for the program (exported to mpirun's ranks too when it is forwarded with `-x`).
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.retain(|(k, _)| k != name);
+        self.env.push((name.to_string(), value.to_string()));
+    }
+
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.argv[0]);
         cmd.args(&self.argv[1..]).envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -58,6 +64,8 @@ pub fn mpirun_command(job: &Job) -> CommandLine {
     if !job.forward.iter().any(|n| n == "OMP_NUM_THREADS") {
         env.push(("OMP_NUM_THREADS".into(), plan.threads_per_rank.to_string()));
     }
+    // Which attempt the ranks belong to (the supervisor sets it per restart).
+    env.push((crate::run::ATTEMPT_ENV.into(), "0".into()));
     let mut args: Vec<String> = vec!["mpirun".into()];
     if job.as_root {
         args.push("--allow-run-as-root".into());
@@ -96,5 +104,27 @@ pub fn mpirun_command(job: &Job) -> CommandLine {
     args.push(job.elfin.display().to_string());
     args.extend(["rank".into(), "--log-dir".into(), job.log_dir.display().to_string(), "--".into()]);
     args.extend(job.trainer.iter().cloned());
+    CommandLine { env, argv: args }
+}
+
+/// The trainer's `--check-only` run for a job: here for one node, else one
+/// process on each host through mpirun, each with the ranks' environment.
+pub fn check_command(job: &Job, scope: &str) -> CommandLine {
+    let mut trainer = job.trainer.to_vec();
+    trainer.push(format!("--check-only={scope}"));
+    let env = job.exported.to_vec();
+    if job.plan.hosts.is_empty() {
+        return CommandLine { env, argv: trainer };
+    }
+    let mut args: Vec<String> = vec!["mpirun".into()];
+    if job.as_root {
+        args.push("--allow-run-as-root".into());
+    }
+    let hosts: Vec<String> = job.plan.hosts.iter().map(|(h, _)| format!("{h}:1")).collect();
+    args.extend(["-np".into(), hosts.len().to_string(), "--host".into(), hosts.join(",")]);
+    for name in env.iter().map(|(k, _)| k.as_str()).chain(job.forward.iter().map(String::as_str)) {
+        args.extend(["-x".into(), name.to_string()]);
+    }
+    args.extend(trainer);
     CommandLine { env, argv: args }
 }

@@ -1,9 +1,11 @@
 //! `elfin presets` and `elfin presets show`.
 
 use crate::cli::{PresetsArgs, PresetsCommand, ShowArgs};
+use crate::flags;
 use crate::launch::{trainer_command, trainer_path};
 use crate::plan::{visible_gpus, Device, NodeInfo};
-use crate::preset::resolve::{resolve, Catalog, ResolveOptions};
+use crate::preset::parse::Variable;
+use crate::preset::resolve::{resolve, Catalog, ResolveOptions, Resolved};
 use crate::quote::shell_join;
 use anyhow::Result;
 use std::process::ExitCode;
@@ -58,6 +60,7 @@ fn show(args: &PresetsArgs, show: &ShowArgs) -> Result<ExitCode> {
     for var in &resolved.vars {
         println!("{}={}", var.name, var.value);
     }
+    print_reach(&resolved);
     let cuda_visible = resolved.get("CUDA_VISIBLE_DEVICES").map(String::from).or_else(|| env("CUDA_VISIBLE_DEVICES"));
     let device = match visible_gpus(show.cpu, cuda_visible.as_deref(), &NodeInfo::detect()) {
         Some(_) => Device::Cuda,
@@ -65,4 +68,27 @@ fn show(args: &PresetsArgs, show: &ShowArgs) -> Result<ExitCode> {
     };
     println!("{}", shell_join(&trainer_command(&trainer_path()?, &resolved, device)?));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Which variables reach the ranks and how, as `#` lines before the command.
+fn print_reach(resolved: &Resolved) {
+    let reach = resolved.reaching();
+    let names = |keep: &dyn Fn(&Variable) -> bool| -> String {
+        let kept: Vec<&str> = resolved.vars.iter().filter(|v| keep(v)).map(|v| v.name.as_str()).collect();
+        if kept.is_empty() {
+            "(none)".into()
+        } else {
+            kept.join(" ")
+        }
+    };
+    let is_flag = |v: &Variable| flags::flag_for_variable(&v.name).is_some();
+    let is_launcher = |v: &Variable| flags::LAUNCHER_VARIABLES.iter().any(|(n, _)| *n == v.name);
+    println!("# trainer flags (save_path is --save-dir, the others --NAME): {}", names(&is_flag));
+    println!("# the ranks' environment: {}", names(&|v| v.exported));
+    println!("# read by elfin launch: {}", names(&|v| is_launcher(v) && !v.exported));
+    println!(
+        "# used in the values above: {}",
+        names(&|v| reach.contains(&v.name) && !is_flag(v) && !v.exported && !is_launcher(v))
+    );
+    println!("# reach nothing (--set refuses them): {}", names(&|v| !reach.contains(&v.name)));
 }

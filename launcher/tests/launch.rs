@@ -7,15 +7,66 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Stands in for `elfin-train`: `synth` makes the demo data; `train` prints
-/// what it got, fails on rank $FAIL_RANK, records its pid and sleeps $SLEEP.
-const FAKE_TRAINER: &str = r#"#!/bin/sh
-if [ "$1" = synth ]; then mkdir -p "$5/bpe"; : > "$5/train.tsv"; : > "$5/val.tsv"; echo "synth made $5"; exit 0; fi
-echo "rank=$OMPI_COMM_WORLD_RANK pid=$$ port=$MASTER_PORT threads=$OMP_NUM_THREADS args=$*"
-echo "stderr of rank $OMPI_COMM_WORLD_RANK" >&2
-if [ "$OMPI_COMM_WORLD_RANK" = "$FAIL_RANK" ]; then exit 3; fi
-if [ -n "$PID_DIR" ]; then echo $$ > "$PID_DIR/rank-$OMPI_COMM_WORLD_RANK.pid"; fi
-exec sleep "${SLEEP:-0}"
+/// Stands in for `elfin-train`: `synth` makes the demo data; `train
+/// --check-only` passes unless $FAIL_CHECK; `train` prints what it got, fails
+/// on rank $FAIL_RANK, records its pid and sleeps $SLEEP. Like elfin-train it
+/// unblocks the stop signals once it handles them, and a stop request makes
+/// it exit 75 ("saved") after $SAVE_SECONDS.
+const FAKE_TRAINER: &str = r#"#!/usr/bin/env python3
+import os, signal, sys, time
+args = sys.argv[1:]
+if args[0] == "synth":
+    out = args[4]
+    os.makedirs(out + "/bpe", exist_ok=True)
+    for f in ("train.tsv", "val.tsv"):
+        open(out + "/" + f, "w").close()
+    print("synth made " + out, flush=True)
+    sys.exit(0)
+if any(a.startswith("--check-only") for a in args):
+    if os.environ.get("FAIL_CHECK"):
+        print("elfin-train: error: --lr abc: invalid float literal", file=sys.stderr)
+        sys.exit(2)
+    print("check: fake ok " + " ".join(args), flush=True)
+    sys.exit(0)
+rank = os.environ.get("OMPI_COMM_WORLD_RANK")
+stops = []
+def stop(sig, frame):
+    stops.append(sig)
+    with open(os.environ.get("STOP_LOG", "/dev/null"), "a") as f:
+        f.write("rank %s got %d\n" % (rank, sig))
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+    signal.signal(sig, stop)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1})
+print("rank=%s pid=%d port=%s threads=%s args=%s" % (
+    rank, os.getpid(), os.environ.get("MASTER_PORT"), os.environ.get("OMP_NUM_THREADS"), " ".join(args)), flush=True)
+print("stderr of rank %s" % rank, file=sys.stderr, flush=True)
+if rank == os.environ.get("FAIL_RANK"):
+    sys.exit(3)
+if os.environ.get("PID_DIR"):
+    with open("%s/rank-%s.pid" % (os.environ["PID_DIR"], rank), "w") as f:
+        f.write(str(os.getpid()))
+end = time.time() + float(os.environ.get("SLEEP", "0"))
+while time.time() < end and not stops:
+    time.sleep(0.05)
+if stops:
+    time.sleep(float(os.environ.get("SAVE_SECONDS", "0")))
+    sys.exit(75)
+"#;
+
+/// Stands in for mpirun on fake hosts: records its arguments in $MPIRUN_LOG
+/// and runs the program after the options once per rank, here.
+const FAKE_MPIRUN: &str = r#"#!/bin/sh
+echo "$@" >> "$MPIRUN_LOG"
+np=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -np) np=$2; shift 2;;
+    --host|-x|--map-by|--bind-to) shift 2;;
+    -*) shift;;
+    *) break;;
+  esac
+done
+i=0; while [ $i -lt $np ]; do OMPI_COMM_WORLD_RANK=$i "$@" || exit $?; i=$((i+1)); done
 "#;
 
 /// `nvidia-smi -L` for a node with $FAKE_GPUS GPUs (none: it fails).
@@ -129,10 +180,13 @@ fn presets_lists_builtin_and_own_presets_and_show_prints_variables_then_the_comm
     for arg in ["--lr=2e-4", "--max-update=300", "--arch=ofa_micro", "--device=cpu", r#"'--eval-args={"beam":5,"#] {
         assert!(command.contains(arg), "{arg} in {command}");
     }
-    assert!(lines[..lines.len() - 1].iter().all(|l| l.contains('=')));
+    assert!(lines[..lines.len() - 1].iter().all(|l| l.contains('=') || l.starts_with("# ")));
+    let unused = line(&shown, "# reach nothing");
+    assert!(unused.contains(" save_dir") && !unused.contains(" save_path"), "{unused}");
 
-    let (out, _, stderr) = run(sb.elfin(0).args(["presets", "show", "refcoco_el", "--set", "lr_peak=1"]));
-    assert!(!out.status.success() && stderr.contains("lr_peak") && stderr.contains("max_update"), "{stderr}");
+    let (out, _, stderr) = run(sb.elfin(0).args(["presets", "show", "refcoco_el", "--set", "max_updat=1"]));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("`max_updat` is neither") && stderr.contains("did you mean max_update?"), "{stderr}");
     let (out, _, stderr) = run(sb.elfin(0).args(["presets", "show", "no_such_preset"]));
     assert!(!out.status.success() && stderr.contains("known presets: caption_stage1_el"), "{stderr}");
 }
@@ -190,23 +244,32 @@ fn dry_run_on_one_node_with_four_gpus() {
 fn dry_run_on_two_nodes_from_a_hostfile() {
     let sb = Sandbox::new();
     std::fs::write(sb.path("hosts"), "# two GPU nodes\nnode-a slots=4\nnode-b slots=4 max_slots=8\n").unwrap();
-    let stdout = ok(sb.elfin(0).args(["launch", "--preset", "refcoco_el", "--hostfile", "hosts", "--dry-run"]));
+    // The trainer's check runs once on each host, through mpirun (here a stand-in: the hosts are made up).
+    std::fs::create_dir(sb.path("fake-mpi")).unwrap();
+    write_exe(&sb.path("fake-mpi/mpirun"), FAKE_MPIRUN);
+    let with_fake_mpirun = |cmd: &mut Command| {
+        let path = format!("{}:{}", sb.path("fake-mpi").display(), std::env::var("PATH").unwrap());
+        cmd.env("PATH", path).env("MPIRUN_LOG", sb.path("mpirun.log"));
+    };
+    let mut cmd = sb.elfin(0);
+    with_fake_mpirun(&mut cmd);
+    let stdout = ok(cmd.args(["launch", "--preset", "refcoco_el", "--hostfile", "hosts", "--dry-run"]));
+    assert_eq!(line(&stdout, "check:"), "check:   ok on 2 host(s): flags, BPE, data and checkpoint paths");
+    let mpirun_log = std::fs::read_to_string(sb.path("mpirun.log")).unwrap();
+    assert!(
+        mpirun_log.contains("-np 2 --host node-a:1,node-b:1 ") && mpirun_log.contains(" --check-only=all"),
+        "{mpirun_log}"
+    );
     assert_eq!(line(&stdout, "nodes:"), "nodes:   2 from hosts: node-a (4 ranks), node-b (4 ranks)");
     assert!(line(&stdout, "ranks:").starts_with("ranks:   8 in all, up to 4 per node"));
     let command = line(&stdout, "command:");
     for part in [" -np 8 --host node-a:4,node-b:4 ", " -x PATH ", "--device=cuda", "--eval-acc", "MASTER_PORT=6051"] {
         assert!(command.contains(part), "`{part}` in {command}");
     }
-    let stdout = ok(sb.elfin(0).args([
-        "launch",
-        "--preset",
-        "refcoco_el",
-        "--hostfile",
-        "hosts",
-        "--nproc-per-node",
-        "2",
-        "--dry-run",
-    ]));
+    let mut cmd = sb.elfin(0);
+    with_fake_mpirun(&mut cmd);
+    let stdout =
+        ok(cmd.args(["launch", "--preset", "refcoco_el", "--hostfile", "hosts", "--nproc-per-node", "2", "--dry-run"]));
     assert!(line(&stdout, "command:").contains(" -np 4 --host node-a:2,node-b:2 "));
 }
 
@@ -337,18 +400,76 @@ fn a_failing_rank_gives_its_exit_code_and_names_its_log() {
     ]));
     assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
     let log = sb.path("logs/rank-1.log");
-    assert!(stderr.contains(&format!("rank 1 failed with exit code 3; its log: {}", log.display())), "{stderr}");
+    let named = format!("rank 1 on {} exited with code 3; its log: {}", hostname(), log.display());
+    assert!(stderr.contains(&named), "{stderr}");
     assert!(std::fs::read_to_string(log).unwrap().contains("stderr of rank 1"));
 }
 
+fn hostname() -> String {
+    String::from_utf8(Command::new("hostname").output().unwrap().stdout).unwrap().trim().to_string()
+}
+
 #[test]
-fn ctrl_c_stops_every_rank() {
+fn max_restarts_relaunches_a_failing_job_and_records_each_restart() {
+    let sb = Sandbox::new();
+    let (out, _, stderr) = run(sb.elfin(0).env("FAIL_RANK", "1").args([
+        "launch",
+        "--preset",
+        "demo_caption_el",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        "2",
+        "--restart-delay",
+        "0",
+    ]));
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let cause = format!("rank 1 on {} exited with code 3", hostname());
+    for k in 1..=2 {
+        assert!(stderr.contains(&format!("elfin: restart {k} of 2 in 0 s, from ")), "{stderr}");
+    }
+    assert!(stderr.contains("no restarts left (--max-restarts 2)"), "{stderr}");
+    let metrics = std::fs::read_to_string(sb.path("demo_checkpoints/caption_el/metrics.jsonl")).unwrap();
+    let restarts: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["kind"] == "restart")
+        .collect();
+    assert_eq!(restarts.len(), 2, "{metrics}");
+    for (k, r) in restarts.iter().enumerate() {
+        assert_eq!(r["restart"], k as u64 + 1);
+        assert_eq!((r["rank"].as_u64(), r["exit_code"].as_i64()), (Some(1), Some(3)), "{r}");
+        assert!(r["cause"].as_str().unwrap().starts_with(&cause), "{r}");
+    }
+    let log = std::fs::read_to_string(sb.path("demo_logs/rank-1.log")).unwrap();
+    assert_eq!(log.matches("stderr of rank 1").count(), 3, "a restarted rank appends to its log: {log}");
+}
+
+#[test]
+fn a_refused_check_starts_no_rank_and_exits_2() {
     let sb = Sandbox::new();
     std::fs::create_dir(sb.path("pids")).unwrap();
-    let mut launcher = sb
+    for extra in [&["--dry-run"][..], &[]] {
+        let (out, stdout, stderr) = run(sb
+            .elfin(0)
+            .env("FAIL_CHECK", "1")
+            .env("PID_DIR", sb.path("pids"))
+            .args([&["launch", "--preset", "demo_caption_el", "--nproc-per-node", "2"][..], extra].concat()));
+        assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+        assert!(stderr.contains("refused its command line") && stderr.contains("invalid float literal"), "{stderr}");
+    }
+    assert!(std::fs::read_dir(sb.path("pids")).unwrap().next().is_none(), "no rank started");
+}
+
+/// A job of two fake ranks that take `save` seconds to save after a stop request.
+fn start_job(sb: &Sandbox, save: &str) -> (std::process::Child, Vec<i32>) {
+    std::fs::create_dir_all(sb.path("pids")).unwrap();
+    let launcher = sb
         .elfin(0)
         .env("PID_DIR", sb.path("pids"))
+        .env("STOP_LOG", sb.path("stops.log"))
         .env("SLEEP", "120")
+        .env("SAVE_SECONDS", save)
         .args(["launch", "--preset", "demo_caption_el", "--nproc-per-node", "2", "--log-dir", "logs"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -358,19 +479,75 @@ fn ctrl_c_stops_every_rank() {
     for f in &pid_files {
         wait_for(f, Duration::from_secs(30));
     }
-    let pids: Vec<i32> =
-        pid_files.iter().map(|f| std::fs::read_to_string(f).unwrap().trim().parse().unwrap()).collect();
+    // The wrappers report a rank ready within 10 ms of its handler being in place.
+    std::thread::sleep(Duration::from_millis(300));
+    (launcher, pid_files.iter().map(|f| std::fs::read_to_string(f).unwrap().trim().parse().unwrap()).collect())
+}
+
+fn kill(pid: i32, sig: i32) {
     // SAFETY: signals a process this test started.
-    unsafe { libc::kill(launcher.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(pid, sig) };
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn finish(mut launcher: std::process::Child, pids: &[i32], within: Duration) -> (Option<i32>, String) {
     let sent = Instant::now();
-    let alive = |pid: i32| unsafe { libc::kill(pid, 0) } == 0;
     while pids.iter().any(|&p| alive(p)) {
-        assert!(sent.elapsed() < Duration::from_secs(10), "ranks still running 10 s after SIGINT");
+        assert!(sent.elapsed() < within, "ranks still running {within:?} after the stop");
         std::thread::sleep(Duration::from_millis(100));
     }
     let status = launcher.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
     let mut stderr = String::new();
     std::io::Read::read_to_string(launcher.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
+    (status.code(), stderr)
+}
+
+#[test]
+fn ctrl_c_stops_every_rank_once_and_the_job_exits_75() {
+    let sb = Sandbox::new();
+    let (launcher, pids) = start_job(&sb, "0");
+    kill(launcher.id() as i32, libc::SIGINT);
+    let (code, stderr) = finish(launcher, &pids, Duration::from_secs(10));
+    assert_eq!(code, Some(75), "{stderr}");
+    assert!(stderr.contains("stopped by SIGINT: every rank saved"), "{stderr}");
+}
+
+#[test]
+fn repeated_stop_signals_to_every_process_do_not_interrupt_the_save() {
+    let sb = Sandbox::new();
+    let (launcher, pids) = start_job(&sb, "3");
+    let mpirun = Command::new("pgrep").args(["-P", &launcher.id().to_string(), "mpirun"]).output().unwrap();
+    let mpirun: i32 = String::from_utf8_lossy(&mpirun.stdout).trim().parse().expect("mpirun is the launcher's child");
+    // As a scheduler does: every process of the job, then the launcher again while the ranks save.
+    for &pid in [launcher.id() as i32, mpirun].iter().chain(&pids) {
+        kill(pid, libc::SIGTERM);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        kill(launcher.id() as i32, libc::SIGTERM);
+        kill(mpirun, libc::SIGTERM);
+    }
+    let (code, stderr) = finish(launcher, &pids, Duration::from_secs(20));
+    assert_eq!(code, Some(75), "{stderr}");
+    let stops = std::fs::read_to_string(sb.path("stops.log")).unwrap();
+    for rank in 0..2 {
+        assert!(stops.contains(&format!("rank {rank} got")), "{stops}");
+    }
+}
+
+#[test]
+fn the_third_ctrl_c_kills_the_job_at_once() {
+    let sb = Sandbox::new();
+    let (launcher, pids) = start_job(&sb, "60");
+    for _ in 0..3 {
+        kill(launcher.id() as i32, libc::SIGINT);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, stderr) = finish(launcher, &pids, Duration::from_secs(10));
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains("third interrupt"), "{stderr}");
 }

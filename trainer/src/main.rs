@@ -41,6 +41,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        // A rank's console is a pipe to its `elfin rank` wrapper, which never closes it first.
+        Some(Command::Train(_)) => {}
+        // `elfin-train score ... | head`: end quietly when the reader goes, as Unix tools do.
+        _ => elfin_trainer::signals::default_sigpipe(),
+    }
     if cli.version {
         print!("{}", elfin_trainer::version::report());
         return ExitCode::SUCCESS;

@@ -336,7 +336,7 @@ impl Console {
                 bar.set_message(stats.join(", "));
             }
             (Some(bar), _) => bar.println(format!("{} | {line}", timestamp())),
-            (None, _) => println!("{} | {line}", timestamp()),
+            (None, _) => print_line(&format!("{} | {line}", timestamp())),
         }
     }
 
@@ -344,7 +344,7 @@ impl Console {
     pub fn info(&self, message: &str) {
         match &self.bar {
             Some(bar) => bar.println(format!("{} | {message}", timestamp())),
-            None => println!("{} | {message}", timestamp()),
+            None => print_line(&format!("{} | {message}", timestamp())),
         }
     }
 
@@ -353,6 +353,14 @@ impl Console {
             bar.finish_and_clear();
         }
     }
+}
+
+/// A console line that cannot fail: a run whose reader went away (`| head`)
+/// goes on training, with metrics.jsonl and the checkpoints as its record.
+fn print_line(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 impl Default for Console {

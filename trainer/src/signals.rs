@@ -1,11 +1,19 @@
-//! Graceful stop on SIGTERM / SIGINT (preemption, Ctrl-C, `elfin launch`
-//! forwarding a stop).
+//! Graceful stop on a stop request: SIGTERM (preemption, `kill`), SIGUSR1
+//! (what `elfin launch` sends through mpirun, which forwards SIGUSR1 to every
+//! rank without killing it), SIGHUP, and SIGINT (Ctrl-C).
 //!
-//! The first signal only sets a flag: the loop finishes the current update,
+//! The first request only sets a flag: the loop finishes the current update,
 //! agrees with the other ranks that someone was asked to stop (it
 //! all-reduces [`stop_requested`]), saves `checkpoint_last` and exits with
-//! [`EXIT_PREEMPTED`]. A second signal exits at once with `128 + signal`
-//! (130 for SIGINT, 143 for SIGTERM), without saving.
+//! [`EXIT_PREEMPTED`]. Schedulers and launchers often deliver one stop
+//! several times (to every process of a job, and again through mpirun), so
+//! repeated requests are ignored: nothing may interrupt the save. The one
+//! escape hatch is for a person at a terminal: the third SIGINT exits at
+//! once with status 130, without saving.
+//!
+//! `elfin launch` starts the trainer with these signals blocked, so that a
+//! request that comes while libtorch is still loading waits instead of
+//! killing the process; [`install`] unblocks them once the handler is in place.
 
 use anyhow::{Context, Result};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
@@ -15,55 +23,87 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 /// (75 is `EX_TEMPFAIL` in sysexits.h: "temporary failure, retry".)
 pub const EXIT_PREEMPTED: i32 = 75;
 
-static RECEIVED: AtomicUsize = AtomicUsize::new(0);
-static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// The signals that ask for a graceful stop.
+pub const STOP_SIGNALS: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGUSR1, libc::SIGHUP, libc::SIGINT];
 
-/// Installs the handlers for SIGTERM and SIGINT (idempotent).
+/// How many SIGINTs end the process at once, without saving.
+pub const INTERRUPTS_TO_KILL: usize = 3;
+
+static RECEIVED: AtomicUsize = AtomicUsize::new(0);
+static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// Installs the handler for the stop signals, then unblocks them (idempotent).
 pub fn install() -> Result<()> {
-    for signal in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: `on_signal` only touches atomics and calls async-signal-safe
-        // functions (write, _exit); the sigaction struct is fully initialised.
-        let failed = unsafe {
+    // SAFETY: `on_signal` only touches atomics and calls async-signal-safe
+    // functions (write, _exit); the sigaction and sigset structs are fully initialised.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in STOP_SIGNALS {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
             action.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut()) != 0
-        };
-        if failed {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("cannot install the handler for signal {signal}"));
+            if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("cannot install the handler for signal {signal}"));
+            }
+            libc::sigaddset(&mut set, signal);
+        }
+        let failed = libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        if failed != 0 {
+            return Err(std::io::Error::from_raw_os_error(failed)).context("cannot unblock the stop signals");
         }
     }
     Ok(())
 }
 
-/// Whether this process received a stop signal.
+/// Whether this process received a stop request.
 pub fn stop_requested() -> bool {
     RECEIVED.load(Ordering::SeqCst) > 0
 }
 
-/// The last stop signal received, if any.
+/// The signal of the first stop request, if any.
 pub fn received_signal() -> Option<i32> {
-    match LAST_SIGNAL.load(Ordering::SeqCst) {
+    match FIRST_SIGNAL.load(Ordering::SeqCst) {
         0 => None,
         s => Some(s),
     }
 }
 
+fn say(message: &[u8]) {
+    // SAFETY: write(2) is async-signal-safe; the buffer is static.
+    unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len()) };
+}
+
 extern "C" fn on_signal(signal: libc::c_int) {
-    LAST_SIGNAL.store(signal, Ordering::SeqCst);
+    let _ = FIRST_SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
     let count = RECEIVED.fetch_add(1, Ordering::SeqCst) + 1;
-    let message: &[u8] = if count == 1 {
-        b"elfin-train: stop signal received: finishing this update, saving checkpoint_last, then exiting (signal again to exit at once)\n"
+    let interrupts = if signal == libc::SIGINT {
+        INTERRUPTS.fetch_add(1, Ordering::SeqCst) + 1
     } else {
-        b"elfin-train: second stop signal: exiting now without saving\n"
+        INTERRUPTS.load(Ordering::SeqCst)
     };
-    // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is static.
-    unsafe {
-        libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len());
-        if count > 1 {
-            libc::_exit(128 + signal);
-        }
+    if interrupts >= INTERRUPTS_TO_KILL {
+        say(b"elfin-train: third interrupt: exiting now without saving\n");
+        // SAFETY: _exit(2) is async-signal-safe.
+        unsafe { libc::_exit(128 + libc::SIGINT) };
     }
+    match count {
+        1 => say(
+            b"elfin-train: stop requested: finishing this update, saving checkpoint_last, then exiting with status 75 \
+(repeated stop signals are ignored; press Ctrl-C three times to exit at once without saving)\n",
+        ),
+        2 => say(b"elfin-train: already stopping; repeated stop signals are ignored until checkpoint_last is saved\n"),
+        _ => {}
+    }
+}
+
+/// Restores the default action of SIGPIPE, which Rust ignores: a command whose
+/// reader has gone (`| head`) then ends quietly with status 141 instead of
+/// panicking on the failed write.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }

@@ -26,6 +26,10 @@ pub struct Variable {
     pub exported: bool,
     pub file: String,
     pub line: usize,
+    /// The names its value was made from (`$NAME` in its last assignment).
+    pub uses: Vec<String>,
+    /// The names that earlier assignments, overwritten since, were made from.
+    pub overwritten_uses: Vec<String>,
 }
 
 /// The text of one preset file, with the names used in messages and for
@@ -68,8 +72,9 @@ impl<'a> Evaluator<'a> {
 
     /// A variable that exists before the first line (e.g. `DATA_ROOT`).
     pub fn predefine(&mut self, name: &str, value: &str) {
-        let value = self.pinned.get(name).map_or(value, String::as_str).to_string();
-        self.set(name, value, false, "(elfin)", 0);
+        let text = self.pinned.get(name).map_or(value, String::as_str).to_string();
+        let word = Word { assign: None, text, literal: true, glob: false, line: 0, uses: Vec::new() };
+        self.set(name, word, false, "(elfin)");
     }
 
     pub fn eval(&mut self, file: &PresetFile) -> Result<(), ParseError> {
@@ -102,19 +107,29 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    fn set(&mut self, name: &str, value: String, exported: bool, file: &str, line: usize) {
-        let value = self.pinned.get(name).cloned().unwrap_or(value);
+    fn set(&mut self, name: &str, word: Word, exported: bool, file: &str) {
+        let value = self.pinned.get(name).cloned().unwrap_or(word.text);
         match self.index.get(name) {
             Some(&i) => {
                 let v = &mut self.vars[i];
+                let earlier = std::mem::replace(&mut v.uses, word.uses);
+                v.overwritten_uses.extend(earlier);
                 v.value = value;
                 v.exported |= exported;
                 v.file = file.to_string();
-                v.line = line;
+                v.line = word.line;
             }
             None => {
                 self.index.insert(name.to_string(), self.vars.len());
-                self.vars.push(Variable { name: name.to_string(), value, exported, file: file.to_string(), line });
+                self.vars.push(Variable {
+                    name: name.to_string(),
+                    value,
+                    exported,
+                    file: file.to_string(),
+                    line: word.line,
+                    uses: word.uses,
+                    overwritten_uses: Vec::new(),
+                });
             }
         }
     }
@@ -122,13 +137,13 @@ impl<'a> Evaluator<'a> {
     /// One line (after continuations): assignments, `export ...` or `source FILE`.
     fn statement(&mut self, lx: &mut Lexer, file: &PresetFile) -> Result<(), ParseError> {
         let first = lx.word(&|n| self.lookup(n))?;
-        if let Some(name) = first.assign {
-            self.set(&name, first.text, false, &file.display, first.line);
+        if let Some(name) = first.assign.clone() {
+            self.set(&name, first, false, &file.display);
             while let Some(w) = lx.next_word(&|n| self.lookup(n))? {
-                let Some(name) = w.assign else {
+                let Some(name) = w.assign.clone() else {
                     return Err(lx.error(w.line, format!("`{}` after an assignment would run a command", w.text)));
                 };
-                self.set(&name, w.text, false, &file.display, w.line);
+                self.set(&name, w, false, &file.display);
             }
             return Ok(());
         }
@@ -138,8 +153,8 @@ impl<'a> Evaluator<'a> {
                 let mut any = false;
                 while let Some(w) = lx.next_word(&|n| self.lookup(n))? {
                     any = true;
-                    match w.assign {
-                        Some(name) => self.set(&name, w.text, true, &file.display, w.line),
+                    match w.assign.clone() {
+                        Some(name) => self.set(&name, w, true, &file.display),
                         None if w.literal && is_name(&w.text) => self.export_existing(&w.text, lx, w.line)?,
                         None => {
                             return Err(
@@ -220,6 +235,8 @@ struct Word {
     /// Unquoted `*`, `?`, `[` or `{`: the shell would expand it in a command word.
     glob: bool,
     line: usize,
+    /// The names expanded in it.
+    uses: Vec<String>,
 }
 
 struct Lexer<'t> {
@@ -227,11 +244,13 @@ struct Lexer<'t> {
     pos: usize,
     line: usize,
     file: &'t str,
+    /// The names expanded in the word being read.
+    uses: Vec<String>,
 }
 
 impl<'t> Lexer<'t> {
     fn new(text: &str, file: &'t str) -> Self {
-        Lexer { chars: text.chars().collect(), pos: 0, line: 1, file }
+        Lexer { chars: text.chars().collect(), pos: 0, line: 1, file, uses: Vec::new() }
     }
 
     fn error(&self, line: usize, message: String) -> ParseError {
@@ -289,7 +308,8 @@ impl<'t> Lexer<'t> {
     fn word(&mut self, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Word, ParseError> {
         let line = self.line;
         let assign = self.assignment_prefix();
-        let mut w = Word { assign, text: String::new(), literal: true, glob: false, line };
+        let mut w = Word { assign, text: String::new(), literal: true, glob: false, line, uses: Vec::new() };
+        let used_before = self.uses.len();
         if w.assign.is_some() && self.peek() == Some('~') {
             return Err(self.error(self.line, "`~` is not expanded by elfin; write $HOME".into()));
         }
@@ -336,6 +356,7 @@ impl<'t> Lexer<'t> {
                 }
             }
         }
+        w.uses = self.uses.split_off(used_before);
         Ok(w)
     }
 
@@ -455,6 +476,7 @@ impl<'t> Lexer<'t> {
                 return Ok(());
             }
         };
+        self.uses.push(name.clone());
         match lookup(&name) {
             Some(v) => {
                 out.push_str(&v);

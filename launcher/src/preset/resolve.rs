@@ -187,6 +187,112 @@ impl Resolved {
     pub fn trainer_args(&self) -> Result<Vec<String>> {
         flags::trainer_args(&self.vars, &self.extra_flags)
     }
+
+    /// The value the trainer gets for `--FLAG` (e.g. `save-dir`), if any.
+    pub fn flag_value(&self, flag: &str) -> Option<String> {
+        let extra = self.extra_flags.iter().rev().find(|(f, _)| f.flag == flag).map(|(_, v)| v.as_str());
+        let from_var = || self.get(flags::TRAIN_FLAGS.iter().find(|f| f.flag == flag)?.variable?);
+        extra.or_else(from_var).filter(|v| !v.is_empty()).map(String::from)
+    }
+
+    /// The names of the variables whose values reach the ranks (see [`reaching`]).
+    pub fn reaching(&self) -> BTreeSet<String> {
+        reaching(&self.vars)
+    }
+}
+
+/// A `--set` that the preset cannot take; `elfin` exits with status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetRefused(pub String);
+
+/// The variables whose values reach the ranks: those that set a trainer
+/// flag, those exported to the ranks' environment, those the launcher reads,
+/// and every variable these are made from (`$NAME` in their last assignment).
+pub fn reaching(vars: &[Variable]) -> BTreeSet<String> {
+    let is_root = |v: &Variable| {
+        flags::flag_for_variable(&v.name).is_some()
+            || v.exported
+            || flags::LAUNCHER_VARIABLES.iter().any(|(name, _)| *name == v.name)
+    };
+    let mut reach: BTreeSet<String> = vars.iter().filter(|v| is_root(v)).map(|v| v.name.clone()).collect();
+    let mut todo: Vec<String> = reach.iter().cloned().collect();
+    while let Some(name) = todo.pop() {
+        for used in vars.iter().filter(|v| v.name == name).flat_map(|v| &v.uses) {
+            if reach.insert(used.clone()) {
+                todo.push(used.clone());
+            }
+        }
+    }
+    reach
+}
+
+/// Edit distance (insertions, deletions, substitutions), for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1).min(row[j] + 1).min(diagonal + usize::from(ca != cb));
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// Up to three of `candidates` nearest to `key`, nearest first.
+fn nearest<'a>(key: &str, candidates: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let limit = (key.len() / 3).max(2);
+    let mut scored: Vec<(usize, &str)> =
+        candidates.map(|c| (distance(key, c), c)).filter(|(d, c)| *d <= limit && *c != key).collect();
+    scored.sort();
+    scored.dedup();
+    scored.into_iter().take(3).map(|(_, c)| c).collect()
+}
+
+fn did_you_mean(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => format!("; did you mean {one}?"),
+        many => format!("; did you mean one of {}?", many.join(", ")),
+    }
+}
+
+/// Why `--set KEY` for a variable that reaches nothing is refused, with the
+/// variable that does what the user probably meant.
+fn unused_variable(key: &str, preset: &str, vars: &[Variable], reach: &BTreeSet<String>) -> SetRefused {
+    let var = vars.iter().find(|v| v.name == key);
+    let at = var.map_or(String::new(), |v| format!(" ({}:{})", v.file, v.line));
+    // The usual case: a later line sets what used to be made from KEY (the
+    // demo presets' save_path no longer uses the reference's save_dir).
+    let replaced: Vec<&Variable> =
+        vars.iter().filter(|v| reach.contains(&v.name) && v.overwritten_uses.iter().any(|u| u == key)).collect();
+    let hint = match replaced.first() {
+        Some(v) => {
+            format!("; {} is set at {}:{} without it; did you mean --set {}=...?", v.name, v.file, v.line, v.name)
+        }
+        None => did_you_mean(&nearest(key, reach.iter().map(String::as_str))),
+    };
+    SetRefused(format!(
+        "--set {key}: preset {preset} has a variable {key}{at}, but its value reaches neither the trainer's \
+         command line nor the ranks' environment, so setting it would change nothing{hint}\n  \
+         (`elfin presets show {preset}` lists what each variable feeds)"
+    ))
+}
+
+/// Checks one `--set` key against the plain (un-overridden) variables.
+fn refuse_unknown(key: &str, preset: &str, vars: &[Variable]) -> SetRefused {
+    let reach = reaching(vars);
+    let flag_keys: Vec<String> = flags::flag_keys().collect();
+    let candidates = reach.iter().map(String::as_str).chain(flag_keys.iter().map(String::as_str));
+    SetRefused(format!(
+        "--set {key}: `{key}` is neither a variable of preset {preset} nor an elfin-train train flag{}\n  \
+         (`elfin presets show {preset}` lists the variables; `elfin-train train --help` the flags)",
+        did_you_mean(&nearest(key, candidates))
+    ))
 }
 
 /// `KEY=VALUE` of a `--set` argument.
@@ -228,38 +334,37 @@ pub fn resolve(
     let plain = evaluate(&pinned)?;
     let mut overridden = false;
     let mut extra_flags = Vec::new();
+    let reach = reaching(&plain);
     for (key, value) in &options.sets {
         if plain.iter().any(|v| &v.name == key) {
+            if !reach.contains(key) {
+                return Err(unused_variable(key, &preset.name, &plain, &reach).into());
+            }
             pinned.insert(key.clone(), value.clone());
             overridden = true;
             continue;
         }
         match flags::flag_by_key(key) {
             Some(flag) if flag.variable.is_none() => {
-                bail!("--set {key}: the launcher chooses --{} itself (use --cpu for the CPU)", flag.flag)
+                return Err(SetRefused(format!(
+                    "--set {key}: the launcher chooses --{} itself (use --cpu for the CPU)",
+                    flag.flag
+                ))
+                .into())
             }
             Some(flag) => {
                 let fed = flag.variable.filter(|var| plain.iter().any(|v| &v.name == var));
                 if let Some(var) = fed {
-                    bail!(
+                    return Err(SetRefused(format!(
                         "--set {key}: this preset sets --{} through its variable `{var}`; use --set {var}=...",
                         flag.flag
-                    );
+                    ))
+                    .into());
                 }
                 extra_flags.retain(|(f, _): &(&TrainFlag, String)| f.flag != flag.flag);
                 extra_flags.push((flag, value.clone()));
             }
-            None => {
-                let vars: Vec<&str> = plain.iter().map(|v| v.name.as_str()).collect();
-                let other: Vec<String> = flags::flag_keys().filter(|k| !vars.contains(&k.as_str())).collect();
-                bail!(
-                    "--set {key}: `{key}` is neither a variable of preset {} nor an elfin-train train flag.\n  \
-                     its variables: {}\n  other train flags: {}",
-                    preset.name,
-                    vars.join(" "),
-                    other.join(" ")
-                )
-            }
+            None => return Err(refuse_unknown(key, &preset.name, &plain).into()),
         }
     }
     let vars = if !overridden { plain } else { evaluate(&pinned)? };

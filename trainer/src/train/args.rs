@@ -60,6 +60,12 @@ pub struct LoopArgs {
     /// Where this rank runs: cpu, or cuda (the GPU of the local rank). Default: cuda when usable.
     #[arg(long, value_enum)]
     pub device: Option<DeviceKind>,
+    /// Check the flags, the BPE folder, the data files and the checkpoint and
+    /// save paths, print what was checked, and exit without training
+    /// (`elfin launch` runs this on every host before it starts the ranks).
+    #[arg(long, value_enum, value_name = "WHAT", num_args = 0..=1, default_missing_value = "all")]
+    #[serde(skip)]
+    pub check_only: Option<super::preflight::CheckScope>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

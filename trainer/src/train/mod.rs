@@ -5,6 +5,7 @@
 mod args;
 pub mod eval_cli;
 pub mod predict_cli;
+pub mod preflight;
 mod update;
 mod validate;
 
@@ -35,6 +36,14 @@ pub struct Preempted {
 
 /// Runs `elfin-train train` as one rank of the job `mpirun` (or nothing) started.
 pub fn run(args: TrainArgs) -> Result<()> {
+    // First, so that a stop request during start-up is kept, not fatal.
+    signals::install()?;
+    if let Some(scope) = args.run.check_only {
+        for line in preflight::check(&args, scope)? {
+            println!("check: {line}");
+        }
+        return Ok(());
+    }
     args.validate()?;
     let world = World::init()?;
     let result = Trainer::new(&world, args).and_then(|mut t| t.train());
@@ -78,7 +87,6 @@ pub(crate) struct Trainer {
 
 impl Trainer {
     fn new(world: &World, args: TrainArgs) -> Result<Trainer> {
-        signals::install()?;
         let device = args.device(world.local_gpu())?;
         let precision = args.precision(device);
         tch::manual_seed(args.run.seed as i64);
@@ -177,6 +185,13 @@ impl Trainer {
 
     fn train(&mut self) -> Result<()> {
         let (first_epoch, mut skip) = self.progress.resume_position();
+        if self.max_update_reached() {
+            if self.world.is_main() {
+                self.console
+                    .info(&format!("--max-update {} already reached: nothing to train", self.args.run.max_update));
+            }
+            return Ok(());
+        }
         let (rank, world_size) = (self.world.rank, self.world.size);
         for epoch in first_epoch..=self.args.run.max_epoch {
             self.progress.epoch = epoch;
@@ -214,8 +229,9 @@ impl Trainer {
                 if self.world.is_main() {
                     self.console.set_position(chunk + 1);
                 }
-                let done = self.args.run.max_update > 0 && self.progress.num_updates >= self.args.run.max_update;
-                let stop = self.stop_requested()?;
+                let done = self.max_update_reached();
+                // A stop that comes with the last update ends the run as it would have ended anyway.
+                let stop = self.stop_requested()? && !done;
                 self.validate_and_save(done, stop)?;
                 if stop {
                     let signal = signals::received_signal().unwrap_or(libc::SIGTERM);
@@ -232,6 +248,10 @@ impl Trainer {
             skip = 0;
         }
         Ok(())
+    }
+
+    fn max_update_reached(&self) -> bool {
+        self.args.run.max_update > 0 && self.progress.num_updates >= self.args.run.max_update
     }
 
     /// Whether any rank received a stop signal (all ranks agree, so all stop after the same update).
