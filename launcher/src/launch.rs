@@ -108,8 +108,6 @@ pub fn run(args: LaunchArgs) -> Result<ExitCode> {
             trainer.display()
         );
     }
-    // From here on a stop request is kept for the job, not fatal to us.
-    stop::install(false);
     if args.dry_run {
         // The synthetic data is made only by a real launch: check the rest.
         let scope = if synth.is_some() { "no-data" } else { "all" };
@@ -204,6 +202,13 @@ fn become_trainer(
             dir.display(),
             shell_join(&synth_command(trainer, &task, &dir))
         );
+    }
+    // The trainer starts with the stop signals blocked and unblocks them once
+    // it handles them; a stop that came to us is passed on as a pending signal.
+    stop::set_mask(libc::SIG_BLOCK, &stop::STOP_SIGNALS);
+    if let Some(sig) = stop::requested() {
+        // SAFETY: raise(3) with the signal blocked only marks it pending.
+        unsafe { libc::raise(sig) };
     }
     let err = Command::new(&argv[0]).args(&argv[1..]).envs(exported).exec();
     Err(err).with_context(|| format!("starting the trainer {}", argv[0]))

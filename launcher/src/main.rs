@@ -1,7 +1,7 @@
 //! `elfin`: run a finetuning preset on one node or many through mpirun.
 
 use clap::{Parser, Subcommand};
-use elfin_launcher::{cli, launch, presets_command, report, run};
+use elfin_launcher::{cli, launch, presets_command, report, run, stop};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -25,6 +25,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A job's processes may all be signalled at once: the launcher and each
+    // rank's wrapper keep a stop request from their first instant on.
+    if matches!(std::env::args().nth(1).as_deref(), Some("launch" | "rank")) {
+        stop::install(std::env::args().nth(1).as_deref() == Some("rank"));
+    }
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Launch(_) | Command::Rank(_)) {
         // `elfin presets show NAME | head`: end quietly when the reader goes.

@@ -98,6 +98,8 @@ pub fn run_attempt(mpirun: &CommandLine, ranks: usize) -> Result<Attempt> {
                         stop::set_target(pid);
                     }
                 }
+                // mpirun's word for each stop we pass on: ours says more.
+                None if line.starts_with("mpirun: Forwarding signal") => {}
                 None => {
                     let _ = std::io::stderr().write_all(&buf);
                 }
@@ -120,7 +122,6 @@ pub fn run_attempt(mpirun: &CommandLine, ranks: usize) -> Result<Attempt> {
 pub fn run_rank(log_dir: &Path, trainer: &[String]) -> Result<ExitCode> {
     let mpi =
         mpi_env::detect_here().context("`elfin rank` is started by `elfin launch` through mpirun, not by hand")?;
-    stop::install(true);
     // If mpirun (or its daemon) goes, so do we, and with us the trainer.
     die_with_parent(libc::SIGKILL);
     let host = host_name();

@@ -85,6 +85,16 @@ pub fn supervise(job: &Supervision) -> Result<ExitCode> {
                     last_checkpoint(job.save_dir.as_deref())
                 )
             }
+            // A rank that never got to handle stops cannot have trained:
+            // no update happened since the last checkpoint.
+            (Outcome::Failed(_), Some(sig)) if attempt.ready.len() < job.ranks => {
+                eprintln!(
+                    "elfin: stopped by {} while the ranks were starting, before any update; {} is as it was (logs in {logs})",
+                    signal_name(sig),
+                    last_checkpoint(job.save_dir.as_deref())
+                );
+                return Ok(ExitCode::from(EXIT_PREEMPTED as u8));
+            }
             (Outcome::Failed(first), requested) => {
                 let (message, code) = failure(first.as_ref(), &attempt, job.log_dir);
                 eprintln!("elfin: {message}");

@@ -107,3 +107,14 @@ pub fn default_sigpipe() {
     // SAFETY: setting a signal's disposition to its default has no preconditions.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
+
+/// A stop signal's name, for messages.
+pub fn name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGUSR1 => "SIGUSR1 (a stop passed on by elfin launch)",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        _ => "a signal",
+    }
+}

@@ -102,7 +102,7 @@ fn sigterm_to_one_rank_of_two_saves_and_both_exit_with_the_preemption_code() {
     };
     let stderr = std::fs::read_to_string(tmp.path().join("stderr")).unwrap();
     assert_eq!(status.code(), Some(75), "mpirun status {status:?}\n{stderr}");
-    assert_eq!(stderr.matches("stopped by signal").count(), 2, "both ranks report the stop:\n{stderr}");
+    assert_eq!(stderr.matches("stopped by SIGTERM after saving").count(), 2, "both ranks report the stop:\n{stderr}");
     let saved = model_tensors(&save.join("checkpoint_last.safetensors"));
     assert!(!saved.is_empty());
 }

@@ -28,7 +28,7 @@ use tch::{nn, Device, Tensor};
 /// The run stopped on SIGTERM/SIGINT after saving `checkpoint_last`; the
 /// binary exits with [`signals::EXIT_PREEMPTED`].
 #[derive(Debug, thiserror::Error)]
-#[error("stopped by signal {signal} after saving {}", .saved.display())]
+#[error("stopped by {} after saving {}", signals::name(*.signal), .saved.display())]
 pub struct Preempted {
     pub signal: i32,
     pub saved: std::path::PathBuf,

@@ -1,0 +1,269 @@
+//! Preemption and restarts through the door a user uses: `elfin launch` of
+//! a 2-rank CPU job, stopped by SIGTERM at random moments (to the launcher,
+//! and to every process of the job at once, as Slurm and Kubernetes do),
+//! and a rank killed with SIGKILL under `--max-restarts`. Every stop must
+//! save a loadable `checkpoint_last` and exit 75, and the resumed run must
+//! end bit-identical (every tensor, optimizer state included) to a run that
+//! was never interrupted.
+
+mod train_common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use train_common::*;
+
+const MAX_UPDATE: u64 = 120;
+
+/// The jobs of this file take both cores: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn launcher() -> PathBuf {
+    let path = Path::new(TRAINER).with_file_name("elfin");
+    assert!(path.exists(), "{} is missing: build the workspace first (make build)", path.display());
+    path
+}
+
+/// The demo caption recipe on a tiny dataset: 32 px, a checkpoint every 10
+/// updates (with its validation, greedy and short), dropout and drop path on.
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    preset: PathBuf,
+    reference: PathBuf,
+}
+
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let data = synth_caption(&root);
+        let d = data.display();
+        let preset = root.join("tiny_caption.sh");
+        std::fs::write(
+            &preset,
+            format!(
+                "# the demo caption recipe, tiny\nsource demo_caption_el.sh\nsynth_task=\n\
+                 data={d}/train.tsv,{d}/val.tsv\nbpe_dir={d}/bpe\npatch_image_size=32\nmax_update={MAX_UPDATE}\n\
+                 log_interval=1\nsave_interval_updates=10\nvalidate_interval_updates=0\n\
+                 eval_args='{{\"beam\":1,\"max_len_b\":4}}'\nsave_path=./run\nlog_dir=./logs\n"
+            ),
+        )
+        .unwrap();
+        let reference = root.join("reference");
+        std::fs::create_dir(&reference).unwrap();
+        let status = launch(&reference, &preset, &[]).status().unwrap();
+        assert_eq!(status.code(), Some(0), "the uninterrupted run failed: {}", console(&reference));
+        Setup { _tmp: tmp, root, preset, reference: reference.join("run") }
+    })
+}
+
+/// `elfin launch` of the preset on 2 CPU ranks in `dir`, its console appended to `dir/console`.
+fn launch(dir: &Path, preset: &Path, extra: &[&str]) -> Command {
+    let console = || std::fs::OpenOptions::new().create(true).append(true).open(dir.join("console")).unwrap();
+    let mut cmd = Command::new(launcher());
+    cmd.args(["launch", "--preset"])
+        .arg(preset)
+        .args(["--cpu", "--nproc-per-node", "2"])
+        .args(extra)
+        .current_dir(dir)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdin(Stdio::null())
+        .stdout(console())
+        .stderr(console());
+    cmd
+}
+
+fn console(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("console")).unwrap_or_default()
+}
+
+/// Every tensor of a checkpoint (model, optimizer state, loss scaler) as raw bytes.
+fn all_tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap_or_else(|e| panic!("{} is not a loadable checkpoint: {e}", path.display()));
+    st.tensors().into_iter().map(|(name, t)| (name, t.data().to_vec())).collect()
+}
+
+fn assert_same_as_reference(run: &Path) {
+    let (a, b) = (
+        all_tensors(&setup().reference.join("checkpoint_last.safetensors")),
+        all_tensors(&run.join("checkpoint_last.safetensors")),
+    );
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    assert!(a.keys().any(|k| k.starts_with("optimizer.")), "the optimizer state is compared too");
+    let differ: Vec<&String> = a.keys().filter(|k| a[*k] != b[*k]).collect();
+    assert!(
+        differ.is_empty(),
+        "{} tensors differ from the uninterrupted run, e.g. {:?}",
+        differ.len(),
+        &differ[..differ.len().min(5)]
+    );
+}
+
+/// The processes under `pid`, children before grandchildren.
+fn descendants(pid: i32) -> Vec<i32> {
+    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((p, ppid))
+        })
+        .collect();
+    let mut out = vec![];
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for &(p, _) in parents.iter().filter(|(_, pp)| *pp == parent) {
+            out.push(p);
+            frontier.push(p);
+        }
+    }
+    out
+}
+
+/// The elfin-train process of `rank` under the launcher `pid`, once it runs.
+fn trainer_of_rank(pid: i32, rank: u32) -> Option<i32> {
+    descendants(pid).into_iter().find(|p| {
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        let env = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
+        let is_trainer = cmd.split(|&b| b == 0).next().is_some_and(|a| a.ends_with(b"elfin-train"));
+        is_trainer && env.split(|&b| b == 0).any(|v| v == format!("OMPI_COMM_WORLD_RANK={rank}").as_bytes())
+    })
+}
+
+fn kill(pid: i32, sig: i32) {
+    // SAFETY: signals a process this test started.
+    unsafe { libc::kill(pid, sig) };
+}
+
+fn logged_updates(run: &Path) -> u64 {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["num_updates"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+fn wait_exit(child: &mut Child, limit: Duration, dir: &Path) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("elfin launch still running {limit:?} after the stop:\n{}", console(dir));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A tiny deterministic generator: the test's random moments repeat from run to run.
+struct Moments(u64);
+
+impl Moments {
+    fn next(&mut self, max: Duration) -> Duration {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        max.mul_f64((self.0 >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+#[test]
+fn thirty_stops_at_random_moments_each_save_and_the_run_ends_as_if_never_stopped() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let setup = setup();
+    let dir = setup.root.join("stopped");
+    std::fs::create_dir(&dir).unwrap();
+    let run = dir.join("run");
+    let mut moments = Moments(7);
+    for stop in 0..30 {
+        let mut job = launch(&dir, &setup.preset, &[]).spawn().unwrap();
+        let before = logged_updates(&run);
+        // Half the stops come at any moment from the start (start-up, loading,
+        // the first update: a stop before the ranks start leaves nothing new to
+        // save); the others once training is under way, the first one among them.
+        let under_way = stop % 2 == 0;
+        if under_way {
+            let start = Instant::now();
+            while logged_updates(&run) == before && start.elapsed() < Duration::from_secs(60) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        std::thread::sleep(moments.next(Duration::from_millis(if under_way { 800 } else { 3000 })));
+        let pid = job.id() as i32;
+        if stop < 20 {
+            kill(pid, libc::SIGTERM);
+        } else {
+            for p in std::iter::once(pid).chain(descendants(pid)) {
+                kill(p, libc::SIGTERM);
+            }
+        }
+        let code = wait_exit(&mut job, Duration::from_secs(60), &dir);
+        let last = run.join("checkpoint_last.safetensors");
+        assert_eq!(code, Some(75), "stop {stop}: expected the preemption status; console:\n{}", console(&dir));
+        assert!(!all_tensors(&last).is_empty(), "stop {stop}: {} is empty", last.display());
+        assert!(!under_way || logged_updates(&run) > before, "stop {stop}: no progress was kept");
+        assert!(logged_updates(&run) < MAX_UPDATE, "stop {stop}: the run ended before the last stop; raise MAX_UPDATE");
+    }
+    let status = launch(&dir, &setup.preset, &[]).status().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", console(&dir));
+    assert_same_as_reference(&run);
+}
+
+#[test]
+fn a_rank_killed_mid_run_restarts_the_job_from_checkpoint_last_and_ends_the_same() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let setup = setup();
+    let dir = setup.root.join("killed");
+    std::fs::create_dir(&dir).unwrap();
+    let run = dir.join("run");
+    let mut job = launch(&dir, &setup.preset, &["--max-restarts", "2", "--restart-delay", "0"]).spawn().unwrap();
+    let start = Instant::now();
+    // After the checkpoint of update 10, before the next one.
+    while logged_updates(&run) < 14 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress: {}", console(&dir));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let victim = trainer_of_rank(job.id() as i32, 1).expect("rank 1's elfin-train is running");
+    kill(victim, libc::SIGKILL);
+    let code = wait_exit(&mut job, Duration::from_secs(300), &dir);
+    let text = console(&dir);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("restart 1 of 2") && text.contains("rank 1 on ") && text.contains("was killed by SIGKILL"),
+        "{text}"
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let restart = metrics.lines().find(|l| l.contains("\"restart\"")).expect("the restart is in metrics.jsonl");
+    assert!(restart.contains("\"signal\":\"SIGKILL\"") && restart.contains("\"rank\":1"), "{restart}");
+    assert_same_as_reference(&run);
+}
+
+#[test]
+fn without_restarts_a_killed_rank_ends_the_job_within_30_s_naming_the_rank() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let setup = setup();
+    let dir = setup.root.join("killed-once");
+    std::fs::create_dir(&dir).unwrap();
+    let mut job = launch(&dir, &setup.preset, &["--max-restarts", "0"]).spawn().unwrap();
+    let start = Instant::now();
+    while logged_updates(&dir.join("run")) < 3 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress: {}", console(&dir));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let victim = trainer_of_rank(job.id() as i32, 1).expect("rank 1's elfin-train is running");
+    kill(victim, libc::SIGKILL);
+    let killed = Instant::now();
+    let code = wait_exit(&mut job, Duration::from_secs(30), &dir);
+    assert!(killed.elapsed() < Duration::from_secs(30));
+    let text = console(&dir);
+    assert_eq!(code, Some(137), "{text}");
+    assert!(text.contains("elfin: rank 1 on ") && text.contains("was killed by SIGKILL; its log: "), "{text}");
+}
