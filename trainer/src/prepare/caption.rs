@@ -177,6 +177,9 @@ fn coco(
             image_origin: image_origin.clone(),
         });
     }
+    // COCO lists captions in no useful order; grouped by image (in the order
+    // of `images`), each image is read once instead of once per caption.
+    captions.sort_by_key(|c| c.image);
     Ok(Input { images: table, captions, format: "COCO captions" })
 }
 
