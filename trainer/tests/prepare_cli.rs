@@ -267,16 +267,24 @@ fn refer_pickle_with_instances_round_trips_boxes_and_matches_its_json() {
     // The toolkit's layout: refs(unc).p with instances.json beside it.
     let refs = dir.join("refcoco/refs(unc).p");
     std::fs::create_dir_all(refs.parent().unwrap()).unwrap();
+    // Written as Python 2 wrote the toolkit's files: strings as byte strings (SHORT_BINSTRING), UTF-8.
     let script = r#"
-import pickle, sys
+import struct, sys
+def py2(v):
+    if isinstance(v, int): return b"J" + struct.pack("<i", v)
+    if isinstance(v, str):
+        b = v.encode("utf-8")
+        return b"U" + bytes([len(b)]) + b
+    if isinstance(v, list): return b"](" + b"".join(py2(x) for x in v) + b"e"
+    return b"}(" + b"".join(py2(k) + py2(x) for k, x in v.items()) + b"u"
 s = lambda i, t: {"sent_id": i, "sent": t, "raw": t.upper() + "!", "tokens": t.split()}
 refs = [
     {"ref_id": 7, "ann_id": 70, "image_id": 501, "split": "train", "category_id": 1, "sent_ids": [1, 2],
-     "file_name": "COCO_train2014_501_70.jpg", "sentences": [s(1, "man on left"), s(2, "left guy")]},
+     "file_name": "COCO_train2014_501_70.jpg", "sentences": [s(1, "man on left"), s(2, "left guy in caf\u00e9")]},
     {"ref_id": 8, "ann_id": 80, "image_id": 502, "split": "val", "sentences": [s(3, "cat")]},
     {"ref_id": 9, "ann_id": 90, "image_id": 501, "split": "train", "sentences": [s(4, "right dog")]},
 ]
-pickle.dump(refs, open(sys.argv[1], "wb"), protocol=2)
+open(sys.argv[1], "wb").write(b"\x80\x02" + py2(refs) + b".")
 "#;
     let status = Command::new(PYTHON).args(["-c", script]).arg(&refs).status().expect("the venv's python runs");
     assert!(status.success());
@@ -304,7 +312,7 @@ pickle.dump(refs, open(sys.argv[1], "wb"), protocol=2)
     ]);
     let got = rows(&tsv);
     let ids: Vec<[&str; 3]> = got.iter().map(|r| [r[0].as_str(), r[1].as_str(), r[2].as_str()]).collect();
-    assert_eq!(ids, [["7_0", "501", "man on left"], ["7_1", "501", "left guy"], ["9_0", "501", "right dog"]]);
+    assert_eq!(ids, [["7_0", "501", "man on left"], ["7_1", "501", "left guy in café"], ["9_0", "501", "right dog"]]);
     // Boxes are COCO's x,y,w,h turned into corners, as the f32 the loader reads.
     let boxes = [
         [1.5f32, 2.25, 11.5, 14.75],
@@ -315,7 +323,8 @@ pickle.dump(refs, open(sys.argv[1], "wb"), protocol=2)
         assert_eq!(&parse_region_coord(&row[3]).unwrap(), b, "{}", row[3]);
         assert_eq!(image_of(row), std::fs::read(images.join("COCO_train2014_501.jpg")).unwrap());
     }
-    let loaded = load_every_row(&tsv, TaskKind::Refcoco, Split::Train, &["man on left", "left guy", "right dog"]);
+    let loaded =
+        load_every_row(&tsv, TaskKind::Refcoco, Split::Train, &["man on left", "left guy in café", "right dog"]);
     for (r, b) in loaded.iter().zip(&boxes) {
         assert!(matches!(r, EvalRef::Region { region_coord, .. } if region_coord == b), "{r:?}");
     }
