@@ -518,3 +518,25 @@ fn synthetic_data_prepared_from_its_annotations_trains_to_the_same_model() {
     run_trainer(&train_args(&tmp.path().join("prepared-caption"), &b, &["--max-update=3"]));
     assert_eq!(max_param_diff(&a.join("checkpoint_last.safetensors"), &b.join("checkpoint_last.safetensors")), 0.0);
 }
+
+#[test]
+fn progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write(&dir.join("p.png"), png(8, 8, 1));
+    write(&dir.join("caps.jsonl"), jsonl(&[json!({"image": "p.png", "caption": "a square"})]));
+    let args = format!(
+        "{TRAINER} prepare caption --annotations {} --images {} --out {}",
+        dir.join("caps.jsonl").display(),
+        dir.display(),
+        dir.join("out.tsv").display()
+    );
+    // `script` runs the command on a pseudo-terminal.
+    let tty = Command::new("script").args(["-qec", &args, "/dev/null"]).output().expect("script (util-linux) runs");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(shown.contains("images/s, ETA") && shown.contains('\u{2588}'), "a bar with rate and ETA:\n{shown}");
+    let plain = Command::new("sh").args(["-c", &args]).output().unwrap();
+    let shown = String::from_utf8_lossy(&plain.stderr);
+    assert!(shown.contains("prepare caption: 1/1 images (100%), ") && !shown.contains('\u{2588}'), "{shown}");
+}

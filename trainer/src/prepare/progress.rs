@@ -1,7 +1,7 @@
 //! Progress of `prepare`: a bar with rate and ETA on a terminal, plain
 //! periodic lines otherwise (logs, CI).
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -23,8 +23,11 @@ impl Progress {
     pub fn new(label: &str, total: u64) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total);
-            let style = ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} images, {per_sec}, ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let style = ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} images, {rate} images/s, ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.1}", s.per_sec());
+                });
             bar.set_style(style);
             bar.set_message(label.to_string());
             bar
@@ -58,14 +61,12 @@ impl Progress {
         format!("{}: {done}/{} images ({pct:.0}%), {rate:.1} images/s{eta}", self.label, self.total)
     }
 
-    /// Ends the bar, or prints the last plain line; returns images/s.
-    pub fn finish(&self) -> f64 {
-        let done = self.done.load(Ordering::Relaxed);
-        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
-        match &self.bar {
-            Some(bar) => bar.finish(),
-            None => eprintln!("{} in {secs:.1}s", self.line(done)),
+    /// Replaces the bar, if any, by the last line: done, rate and time taken.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
-        done as f64 / secs
+        let secs = self.start.elapsed().as_secs_f64();
+        eprintln!("{} in {secs:.1}s", self.line(self.done.load(Ordering::Relaxed)));
     }
 }
