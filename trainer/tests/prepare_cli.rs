@@ -48,6 +48,12 @@ fn jsonl(lines: &[serde_json::Value]) -> String {
     lines.iter().map(|l| format!("{l}\n")).collect()
 }
 
+/// `dir/p.png` with one caption in `dir/caps.jsonl`.
+fn one_captioned_image(dir: &Path, png: Vec<u8>) {
+    write(&dir.join("p.png"), png);
+    write(&dir.join("caps.jsonl"), jsonl(&[json!({"image": "p.png", "caption": "a picture"})]));
+}
+
 fn prepare(args: &[&str]) -> Output {
     Command::new(TRAINER).arg("prepare").args(args).output().expect("elfin-train runs")
 }
@@ -455,8 +461,7 @@ fn every_kind_of_bad_input_stops_with_file_record_and_field_or_is_skipped_and_re
 fn images_are_re_encoded_only_when_asked() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    write(&dir.join("p.png"), png(20, 12, 4));
-    write(&dir.join("caps.jsonl"), jsonl(&[json!({"image": "p.png", "caption": "a gradient"})]));
+    one_captioned_image(dir, png(20, 12, 4));
     let run = |reencode: &str| {
         let out = dir.join(format!("{reencode}.tsv"));
         prepared(&[
@@ -523,8 +528,7 @@ fn synthetic_data_prepared_from_its_annotations_trains_to_the_same_model() {
 fn progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    write(&dir.join("p.png"), png(8, 8, 1));
-    write(&dir.join("caps.jsonl"), jsonl(&[json!({"image": "p.png", "caption": "a square"})]));
+    one_captioned_image(dir, png(8, 8, 1));
     let args = format!(
         "{TRAINER} prepare caption --annotations {} --images {} --out {}",
         dir.join("caps.jsonl").display(),
