@@ -9,6 +9,7 @@ pub mod generate;
 pub mod metrics_log;
 pub mod model;
 pub mod optim;
+pub mod prepare;
 pub mod safetensors_dtype;
 pub mod signals;
 pub mod train;

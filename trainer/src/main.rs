@@ -31,6 +31,8 @@ enum Command {
     Tokenize(elfin_trainer::data::cli::TokenizeArgs),
     /// Write a synthetic dataset (train.tsv, val.tsv, bpe/) in the reference's TSV layout.
     Synth(elfin_trainer::data::synth::SynthArgs),
+    /// Turn your own annotations and images into the reference's TSV files (caption or refcoco).
+    Prepare(elfin_trainer::prepare::PrepareArgs),
     /// Build a model (optionally loading a converted checkpoint) and print its parameter counts.
     Model(elfin_trainer::model::cli_model::ModelCommand),
     /// Run one eval-mode forward pass of a checkpoint on saved inputs and save logits and encoder output.
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Score(args) => elfin_trainer::eval::score_cli::run(args),
         Command::Tokenize(args) => elfin_trainer::data::cli::run_tokenize(&args),
         Command::Synth(args) => elfin_trainer::data::synth::run(&args),
+        Command::Prepare(args) => elfin_trainer::prepare::run(args),
         Command::Model(args) => elfin_trainer::model::cli_model::run(args),
         Command::Forward(args) => elfin_trainer::model::cli_forward::run(args),
         Command::Criterion(args) => elfin_trainer::criterion::cli::run(args),

@@ -12,7 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 fn make(task: SynthTask, dir: &Path, train: usize, val: usize) {
-    synth::run(&SynthArgs { task, out: dir.to_path_buf(), train, val, image_size: 48, seed: 5 }).unwrap();
+    synth::run(&SynthArgs { task, out: dir.to_path_buf(), train, val, image_size: 48, seed: 5, as_annotations: false })
+        .unwrap();
 }
 
 fn args(dir: &Path, task: TaskKind) -> DataArgs {

@@ -33,12 +33,11 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
 
 /// JPEG through libjpeg-turbo's decoder (vendored by `mozjpeg`): the
 /// reference's PIL decodes with libjpeg-turbo too (islow IDCT, fancy
-/// upsampling), so the pixels are the same. libjpeg reports fatal errors by
-/// unwinding (without the panic hook), which is caught here; a truncated
-/// file only warns and decodes, as PIL's `LOAD_TRUNCATED_IMAGES` allows.
+/// upsampling), so the pixels are the same. A truncated file only warns and
+/// decodes, as PIL's `LOAD_TRUNCATED_IMAGES` allows.
 fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
     use mozjpeg::decompress::Format;
-    let decode = || -> std::io::Result<(usize, usize, Vec<u8>)> {
+    let (w, h, rgb) = libjpeg("the JPEG image does not decode", || {
         let image = mozjpeg::Decompress::new_mem(bytes)?.image()?;
         Ok(match image {
             Format::RGB(mut d) => (d.width(), d.height(), d.read_scanlines::<u8>()?),
@@ -60,21 +59,48 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
                 (d.width(), d.height(), rgb)
             }
         })
-    };
-    let (w, h, rgb) = match std::panic::catch_unwind(decode) {
-        Ok(Ok(decoded)) => decoded,
-        Ok(Err(e)) => return Err(anyhow!("the JPEG image does not decode ({e})")),
+    })?;
+    RgbImage::from_raw(w as u32, h as u32, rgb)
+        .ok_or_else(|| anyhow!("the JPEG image's pixel count does not match its size"))
+}
+
+/// Runs a libjpeg call. libjpeg reports fatal errors by unwinding (without
+/// the panic hook); that, like an I/O error, becomes `what (cause)`.
+pub(crate) fn libjpeg<T>(what: &str, f: impl FnOnce() -> std::io::Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(anyhow!("{what} ({e})")),
         Err(payload) => {
             let msg = payload
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "libjpeg error".into());
-            return Err(anyhow!("the JPEG image does not decode ({msg})"));
+            Err(anyhow!("{what} ({msg})"))
         }
+    }
+}
+
+/// Width and height from the image's header, without decoding the pixels:
+/// an error means a file that [`decode_rgb`] would not open either.
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
+    let (w, h) = if bytes.starts_with(&[0xFF, 0xD8]) {
+        let (w, h) = libjpeg("the JPEG header does not decode", || {
+            let d = mozjpeg::Decompress::new_mem(bytes)?;
+            Ok((d.width(), d.height()))
+        })?;
+        (w as u32, h as u32)
+    } else {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| anyhow!("reading the image header ({e})"))?
+            .into_dimensions()
+            .map_err(|e| anyhow!("the image does not decode ({e})"))?
     };
-    RgbImage::from_raw(w as u32, h as u32, rgb)
-        .ok_or_else(|| anyhow!("the JPEG image's pixel count does not match its size"))
+    if w == 0 || h == 0 {
+        return Err(anyhow!("the image is empty ({w}×{h} pixels)"));
+    }
+    Ok((w, h))
 }
 
 /// Per-channel mean and std of the model's input normalisation.

@@ -48,6 +48,10 @@ pub struct SynthArgs {
     pub image_size: u32,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Write the images as PNG files (images/ID.png) with JSON Lines annotations
+    /// (train.jsonl, val.jsonl), the input of `elfin-train prepare`, instead of TSV files.
+    #[arg(long)]
+    pub as_annotations: bool,
 }
 
 const COLOURS: [(&str, [u8; 3]); 6] = [
@@ -140,10 +144,10 @@ fn render(scene: &Scene) -> RgbImage {
     })
 }
 
-fn png_base64(img: &RgbImage) -> Result<String> {
+fn png(img: &RgbImage) -> Result<Vec<u8>> {
     let mut bytes = Cursor::new(Vec::new());
     img.write_to(&mut bytes, ImageFormat::Png).context("encoding a PNG")?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(bytes.into_inner()))
+    Ok(bytes.into_inner())
 }
 
 /// Position word of an object among `n` left-to-right slots.
@@ -206,33 +210,49 @@ fn expression(task: SynthTask, s: &Scene, k: usize, rng: &mut Rng) -> String {
     templates[rng.below(templates.len())].clone()
 }
 
+/// One row of a split: a validation caption row holds all its image's captions.
+struct SynthRow {
+    id: String,
+    image_id: usize,
+    texts: Vec<String>,
+    /// Column 3: object labels (caption) or the region-coord (grounding).
+    extra: String,
+    /// Index of the row's image in `Split::images`.
+    image: usize,
+}
+
 struct Split {
-    lines: Vec<String>,
+    rows: Vec<SynthRow>,
+    /// PNG files, with their image ids.
+    images: Vec<(usize, Vec<u8>)>,
     /// Texts the model will see, for the BPE vocabulary.
     texts: Vec<String>,
+    /// One row per image with its captions joined by `&&` (the caption validation layout).
+    per_image: bool,
 }
 
 fn make_split(args: &SynthArgs, images: usize, valid: bool, rng: &mut Rng, first_id: usize) -> Result<Split> {
-    let mut out = Split { lines: Vec::new(), texts: Vec::new() };
+    let per_image = valid && args.task == SynthTask::Caption;
+    let mut out = Split { rows: Vec::new(), images: Vec::new(), texts: Vec::new(), per_image };
     for i in 0..images {
         let image_id = first_id + i;
+        let image = out.images.len();
         match args.task {
             SynthTask::Caption => {
                 let count = 1 + rng.below(2);
                 let s = scene(rng, args.image_size, count);
-                let img = png_base64(&render(&s))?;
+                out.images.push((image_id, png(&render(&s))?));
                 let labels: Vec<&str> = s.objects.iter().map(Object::shape).collect();
+                let extra = labels.join("&&");
                 let caps = captions(&s);
                 if valid {
-                    out.lines.push(format!(
-                        "{image_id}\t{image_id}\t{}\t{}\t{img}",
-                        caps.join("&&"),
-                        labels.join("&&")
-                    ));
+                    let id = image_id.to_string();
+                    out.rows.push(SynthRow { id, image_id, texts: caps.clone(), extra, image });
                     out.texts.push(format!(" {}", caps.join("&&")));
                 } else {
                     for (k, c) in caps.iter().enumerate() {
-                        out.lines.push(format!("{image_id}_{k}\t{image_id}\t{c}\t{}\t{img}", labels.join("&&")));
+                        let (id, texts) = (format!("{image_id}_{k}"), vec![c.clone()]);
+                        out.rows.push(SynthRow { id, image_id, texts, extra: extra.clone(), image });
                     }
                 }
                 out.texts.extend(caps.iter().map(|c| format!(" {c}")));
@@ -240,20 +260,72 @@ fn make_split(args: &SynthArgs, images: usize, valid: bool, rng: &mut Rng, first
             _ => {
                 let count = 2 + rng.below(2);
                 let s = scene(rng, args.image_size, count);
-                let img = png_base64(&render(&s))?;
+                out.images.push((image_id, png(&render(&s))?));
                 for k in 0..s.objects.len() {
                     let e = expression(args.task, &s, k, rng);
-                    out.lines.push(format!("{image_id}_{k}\t{image_id}\t{e}\t{}\t{img}", s.objects[k].region_coord()));
                     out.texts.push(super::refcoco::prompt(&e));
+                    let (id, extra) = (format!("{image_id}_{k}"), s.objects[k].region_coord());
+                    out.rows.push(SynthRow { id, image_id, texts: vec![e], extra, image });
                 }
             }
         }
     }
     // Shuffled rows, as OFA ships its TSVs.
     if !valid {
-        rng.shuffle(&mut out.lines);
+        rng.shuffle(&mut out.rows);
     }
     Ok(out)
+}
+
+impl Split {
+    /// The reference's TSV.
+    fn write_tsv(&self, path: &Path) -> Result<()> {
+        let b64: Vec<String> =
+            self.images.iter().map(|(_, png)| base64::engine::general_purpose::STANDARD.encode(png)).collect();
+        write_lines(
+            path,
+            self.rows
+                .iter()
+                .map(|r| format!("{}\t{}\t{}\t{}\t{}", r.id, r.image_id, r.texts.join("&&"), r.extra, b64[r.image])),
+        )
+    }
+
+    /// What `elfin-train prepare` reads: `images/ID.png` and JSON Lines, one line per caption or expression.
+    fn write_annotations(&self, task: SynthTask, dir: &Path, path: &Path) -> Result<()> {
+        let images = dir.join("images");
+        std::fs::create_dir_all(&images).with_context(|| format!("creating {}", images.display()))?;
+        for (id, png) in &self.images {
+            let file = images.join(format!("{id}.png"));
+            std::fs::write(&file, png).with_context(|| format!("writing {}", file.display()))?;
+        }
+        let lines = self.rows.iter().flat_map(|r| {
+            r.texts.iter().map(move |t| {
+                let mut line = serde_json::json!({"image": format!("{}.png", r.image_id), "image_id": r.image_id});
+                if task == SynthTask::Caption {
+                    line["caption"] = t.as_str().into();
+                } else {
+                    let corners: Vec<f64> = r.extra.split(',').filter_map(|c| c.parse().ok()).collect();
+                    line["expression"] = t.as_str().into();
+                    line["box"] = corners.into();
+                }
+                // A per-image row's id is its image id.
+                if !self.per_image {
+                    line["id"] = r.id.as_str().into();
+                }
+                line.to_string()
+            })
+        });
+        write_lines(path, lines)
+    }
+}
+
+fn write_lines(path: &Path, lines: impl Iterator<Item = String>) -> Result<()> {
+    let mut f =
+        std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
+    for line in lines {
+        writeln!(f, "{line}")?;
+    }
+    f.flush().with_context(|| format!("writing {}", path.display()))
 }
 
 /// GPT-2's byte → printable character table (the byte-level BPE alphabet).
@@ -324,23 +396,20 @@ pub fn run(args: &SynthArgs) -> Result<()> {
     let train = make_split(args, args.train, false, &mut rng, 100_000)?;
     let val = make_split(args, args.val, true, &mut rng, 900_000)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    for (name, split) in [("train.tsv", &train), ("val.tsv", &val)] {
-        let path = args.out.join(name);
-        let mut f = std::io::BufWriter::new(
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
-        );
-        for line in &split.lines {
-            writeln!(f, "{line}")?;
+    for (name, split) in [("train", &train), ("val", &val)] {
+        if args.as_annotations {
+            split.write_annotations(args.task, &args.out, &args.out.join(format!("{name}.jsonl")))?;
+        } else {
+            split.write_tsv(&args.out.join(format!("{name}.tsv")))?;
         }
-        f.flush()?;
     }
     let mut texts = vec![super::caption::PROMPT.to_string()];
     texts.extend(train.texts.iter().chain(&val.texts).cloned());
     write_bpe(&args.out.join("bpe"), &texts)?;
     eprintln!(
         "elfin-train synth: wrote {} training and {} validation rows to {}",
-        train.lines.len(),
-        val.lines.len(),
+        train.rows.len(),
+        val.rows.len(),
         args.out.display()
     );
     Ok(())
