@@ -84,7 +84,20 @@ fn validation_shares_cover_every_row_once_with_equal_batch_counts() {
             assert!(seen.iter().all(|&c| c == 1), "n={n} world={world}");
         }
     }
-    // The reference's contiguous shares: N=10, W=4 → [0,3) [3,6) [6,8) [8,10).
-    let shares: Vec<_> = (0..4).map(|r| ValidPlan::new(10, 2, r, 4).shard()).collect();
-    assert_eq!(shares, vec![0..3, 3..6, 6..8, 8..10]);
+    // The batches are the same whatever the number of ranks: N=10, B=3 → [0,3) [3,6) [6,9) [9,10),
+    // dealt out in turn (W=2: rank 0 has batches 0 and 2, rank 1 batches 1 and 3).
+    let batches = |world: usize| -> Vec<Vec<usize>> {
+        let mut all: Vec<(usize, Vec<usize>)> = (0..world)
+            .flat_map(|r| ValidPlan::new(10, 3, r, world).jobs())
+            .filter(|j| !j.rows.is_empty())
+            .map(|j| (j.update, j.rows))
+            .collect();
+        all.sort();
+        all.into_iter().map(|(_, rows)| rows).collect()
+    };
+    for world in 1..=4 {
+        assert_eq!(batches(world), vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8], vec![9]], "world {world}");
+    }
+    let rank1: Vec<Vec<usize>> = ValidPlan::new(10, 3, 1, 2).jobs().into_iter().map(|j| j.rows).collect();
+    assert_eq!(rank1, vec![vec![3, 4, 5], vec![9]]);
 }

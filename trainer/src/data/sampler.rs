@@ -106,38 +106,39 @@ fn even_part(n: usize, parts: usize, k: usize) -> Range<usize> {
     start..start + q + usize::from(k < r)
 }
 
+/// The validation batches of one rank. The set is cut into batches of
+/// `batch_size` consecutive rows, the same however many ranks there are, and
+/// rank `r` of `W` takes batches r, r + W, r + 2W, ... Every batch is then
+/// the same on 1 rank or 8, and so is every hypothesis beam search makes of
+/// it (a batch's composition changes its padding and the shapes of its
+/// matrix products, and with them the last bits of the scores, which can flip
+/// a near tie). The reference instead gives each rank a contiguous share.
 #[derive(Debug, Clone)]
 pub struct ValidPlan {
-    shard: Range<usize>,
+    num_rows: usize,
     batch_size: usize,
-    num_batches: usize,
+    rank: usize,
+    world_size: usize,
 }
 
 impl ValidPlan {
     pub fn new(num_rows: usize, batch_size: usize, rank: usize, world_size: usize) -> Self {
         assert!(batch_size > 0 && rank < world_size, "rank {rank} of {world_size}, batch size {batch_size}");
-        ValidPlan {
-            shard: even_part(num_rows, world_size, rank),
-            batch_size,
-            num_batches: num_rows.div_ceil(world_size).div_ceil(batch_size),
-        }
+        ValidPlan { num_rows, batch_size, rank, world_size }
     }
 
-    /// This rank's rows.
-    pub fn shard(&self) -> Range<usize> {
-        self.shard.clone()
-    }
-
-    /// The same on every rank.
+    /// The same on every rank (a rank with one batch fewer ends with an empty one).
     pub fn num_batches(&self) -> usize {
-        self.num_batches
+        self.num_rows.div_ceil(self.batch_size).div_ceil(self.world_size)
     }
 
+    /// The global batch index of each of this rank's jobs, and its rows.
     pub fn jobs(&self) -> Vec<Job> {
-        (0..self.num_batches)
-            .map(|b| {
-                let start = (self.shard.start + b * self.batch_size).min(self.shard.end);
-                let end = (start + self.batch_size).min(self.shard.end);
+        (0..self.num_batches())
+            .map(|k| {
+                let b = self.rank + k * self.world_size;
+                let start = (b * self.batch_size).min(self.num_rows);
+                let end = (start + self.batch_size).min(self.num_rows);
                 Job { update: b, micro: 0, rows: (start..end).collect() }
             })
             .collect()

@@ -52,7 +52,7 @@ const SCORE_CNT: usize = 6;
 pub struct ValidResult {
     /// The fields of the `valid` log line, in order.
     pub values: Vec<(String, f64)>,
-    /// Every rank's predictions in rank order (the first few with a thumbnail).
+    /// Every prediction in the validation set's row order (the first few with a thumbnail).
     pub predictions: Vec<Prediction>,
 }
 
@@ -107,7 +107,10 @@ impl Validator {
         let mut sums = [0f64; 7];
         let mut predictions = Vec::new();
         for mb in loader {
-            let Some(batch) = mb?.batch else { continue };
+            let mb = mb?;
+            // The batch's first row in the set: the plan's batches are consecutive rows.
+            let first_row = mb.update * self.batch_size;
+            let Some(batch) = mb.batch else { continue };
             let input = batch.net_input.to_device(device);
             let target = batch.target.to_device(device);
             let out = tch::no_grad(|| {
@@ -127,10 +130,11 @@ impl Validator {
                 let mut p = self.score(&batch, i, tokens)?;
                 sums[SCORE_SUM] += p.cider.unwrap_or(0.0) + f64::from(u8::from(p.hit.unwrap_or(false)));
                 sums[SCORE_CNT] += 1.0;
-                if predictions.len() < GALLERY {
+                let row = first_row + i;
+                if row < GALLERY {
                     p.image = Some(thumbnail(&batch, i)?);
                 }
-                predictions.push(p);
+                predictions.push((row, p));
             }
         }
         pg.all_reduce_f64(&mut sums)?;
@@ -234,20 +238,21 @@ pub fn beam_config(args: &TrainArgs, dict: &crate::data::Dictionary) -> Result<B
     })
 }
 
-/// All ranks' predictions, in rank order, on every rank.
-fn gather_predictions(pg: &ProcessGroup, local: &[Prediction]) -> Result<Vec<Prediction>> {
+/// All ranks' predictions, in the validation set's row order, on every rank.
+fn gather_predictions(pg: &ProcessGroup, local: &[(usize, Prediction)]) -> Result<Vec<Prediction>> {
     let mut bytes = Vec::new();
     for p in local {
         serde_json::to_writer(&mut bytes, p)?;
         bytes.push(b'\n');
     }
-    let mut all = Vec::new();
+    let mut all: Vec<(usize, Prediction)> = Vec::new();
     for part in pg.all_gather_bytes(&bytes)? {
         for line in part.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             all.push(serde_json::from_slice(line).context("a rank sent a malformed prediction record")?);
         }
     }
-    Ok(all)
+    all.sort_by_key(|(row, _)| *row);
+    Ok(all.into_iter().map(|(_, p)| p).collect())
 }
 
 /// Every validation row's references, read without decoding images.
