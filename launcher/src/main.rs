@@ -25,18 +25,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // A job's processes may all be signalled at once: the launcher and each
-    // rank's wrapper keep a stop request from their first instant on.
-    if matches!(std::env::args().nth(1).as_deref(), Some("launch" | "rank")) {
-        stop::install(std::env::args().nth(1).as_deref() == Some("rank"));
-    }
-    let cli = Cli::parse();
-    if !matches!(cli.command, Command::Launch(_) | Command::Rank(_)) {
-        // `elfin presets show NAME | head`: end quietly when the reader goes.
-        // (A launcher keeps running its job whatever happens to its console.)
+    let command = std::env::args().nth(1);
+    if matches!(command.as_deref(), Some("launch" | "rank")) {
+        // A job's processes may all be signalled at once: the launcher and each
+        // rank's wrapper keep a stop request from their first instant on.
+        stop::install(command.as_deref() == Some("rank"));
+    } else {
+        // `elfin presets show NAME | head`: end quietly when the reader goes
+        // (--help included). A launcher instead keeps running its job.
         // SAFETY: setting a signal's disposition to its default has no preconditions.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
+    let cli = Cli::parse();
     let result = match cli.command {
         Command::Presets(args) => presets_command::run(args),
         Command::Launch(args) => launch::run(args),

@@ -42,13 +42,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match &cli.command {
-        // A rank's console is a pipe to its `elfin rank` wrapper, which never closes it first.
-        Some(Command::Train(_)) => {}
-        // `elfin-train score ... | head`: end quietly when the reader goes, as Unix tools do.
-        _ => elfin_trainer::signals::default_sigpipe(),
+    // `elfin-train score ... | head`: end quietly when the reader goes, as Unix
+    // tools do (--help included). Training instead goes on without a console.
+    if std::env::args().nth(1).as_deref() != Some("train") {
+        elfin_trainer::signals::default_sigpipe();
     }
+    let cli = Cli::parse();
     if cli.version {
         print!("{}", elfin_trainer::version::report());
         return ExitCode::SUCCESS;

@@ -34,9 +34,7 @@ impl Trainer {
     /// overflowed and the update was skipped.
     pub(super) fn update(&mut self, micro: &[MicroBatch]) -> Result<Option<UpdateStats>> {
         let start = Instant::now();
-        if self.world.size > 1 {
-            crate::dist::broadcast_tensors(&self.pg, &self.bn_buffers, 0)?;
-        }
+        self.sync_batch_norm()?;
         // Dropout and drop path draw from a generator seeded per update, as the reference does.
         tch::manual_seed((self.args.run.seed + self.progress.num_updates) as i64);
         let scale = self.scaler.as_ref().map_or(1.0, |s| s.scale());
