@@ -5,6 +5,7 @@
 mod args;
 pub mod eval_cli;
 pub mod predict_cli;
+mod self_check;
 mod update;
 mod validate;
 
