@@ -3,4 +3,6 @@
 //! (train/self_check.rs) and for `elfin-train doctor`.
 
 pub mod collectives;
+pub mod command;
 pub mod kernel_check;
+pub mod report;
