@@ -92,7 +92,7 @@ fn local_checks() -> Vec<Check> {
 fn cuda_devices(checks: &mut Vec<Check>) -> Vec<(usize, (i32, i32))> {
     // cudarc panics when libcuda is absent: ask first.
     if !cuda_probe::driver_available() {
-        checks.push(Check::skip("CUDA", "libcuda not found (no NVIDIA driver): the CUDA and NCCL checks are skipped"));
+        checks.push(Check::skip("CUDA", "libcuda not found (no NVIDIA driver): the GPU checks are skipped"));
         return Vec::new();
     }
     let mut version = 0;
