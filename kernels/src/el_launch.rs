@@ -31,7 +31,7 @@ pub struct LaunchDims {
 /// One block per row: `el_stats_*` gets one per candidate row, `el_rows_*` one per row of the batch.
 /// The block is a whole number of warps, at most 1024 threads (the kernel's reductions need both).
 pub fn launch_dims(rows: usize, block: u32) -> Result<LaunchDims, ElError> {
-    if block == 0 || block % 32 != 0 || block > BLOCK {
+    if block == 0 || !block.is_multiple_of(32) || block > BLOCK {
         return Err(ElError::InvalidInput(format!(
             "a block of {block} threads: it must be a multiple of 32 up to {BLOCK}"
         )));

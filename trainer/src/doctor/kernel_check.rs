@@ -72,7 +72,8 @@ pub fn compare(fused: &ElOutput, reference: &ElOutput) -> Result<String, String>
     let err = diff.max().double_value(&[]);
     let scale = want.abs().max().double_value(&[]).max(0.1);
     let tol = grad_tolerance(fused.grad_logits.kind());
-    if !(err <= tol * scale) {
+    // A NaN anywhere is a difference too.
+    if err.is_nan() || err > tol * scale {
         let at = diff.flatten(0, -1).argmax(0, false).int64_value(&[]);
         let v = want.size()[2];
         return Err(format!(
