@@ -8,7 +8,7 @@
 // number of warps, as the kernel's reductions assume.
 #pragma once
 
-#include <atomic>
+#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -89,30 +89,8 @@ inline __half __float2half_rn(float f) {
 
 namespace el_emu {
 
-// A sense-reversing barrier that yields while it waits: with far more threads
-// than cores, sleeping in the kernel (std::barrier) costs a system call per
-// thread per barrier, which dominated the emulation's run time.
-class Barrier {
-  public:
-    explicit Barrier(unsigned n) : n_(n) {}
-    void arrive_and_wait() {
-        unsigned gen = gen_.load(std::memory_order_acquire);
-        if (count_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
-            count_.store(0, std::memory_order_relaxed);
-            gen_.store(gen + 1, std::memory_order_release);
-            return;
-        }
-        while (gen_.load(std::memory_order_acquire) == gen) std::this_thread::yield();
-    }
-
-  private:
-    const unsigned n_;
-    std::atomic<unsigned> count_{0};
-    std::atomic<unsigned> gen_{0};
-};
-
 struct Warp {
-    Barrier sync{32};
+    std::barrier<> sync{32};
     // Two buffers, alternated, so that one barrier per shuffle suffices: a
     // thread writes a buffer again only after every lane passed the next barrier.
     std::uint64_t slots[2][32];
@@ -121,7 +99,7 @@ struct Warp {
 
 struct Block {
     explicit Block(unsigned threads) : sync(threads), warps(threads / 32) {}
-    Barrier sync;
+    std::barrier<> sync;
     std::deque<Warp> warps;
 };
 
