@@ -44,7 +44,8 @@ fn doctor_json_lists_every_check_and_measures_cpu_ranks_over_mpi() {
     assert!(out.status.success(), "{}\n{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON object");
     let checks = report["checks"].as_array().unwrap();
-    let status = |name: &str| checks.iter().find(|c| c["check"] == name).map(|c| c["status"].as_str().unwrap().to_string());
+    let status =
+        |name: &str| checks.iter().find(|c| c["check"] == name).map(|c| c["status"].as_str().unwrap().to_string());
     assert_eq!(status("CUDA").as_deref(), Some("SKIP"), "{report}");
     assert_eq!(status("fused loss on CPU").as_deref(), Some("PASS"), "{report}");
     assert_eq!(status("collectives 2 ranks Cpu").as_deref(), Some("PASS"), "{report}");
@@ -60,6 +61,7 @@ fn a_failing_check_makes_doctor_exit_1_with_what_to_do() {
     let out = doctor(&[], &[("ELFIN_TEST_CORRUPT_FUSED_LOSS", "0")]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    let fail = text.lines().position(|l| l.starts_with("FAIL  fused loss on CPU: gradient max abs error")).expect(&text);
+    let fail =
+        text.lines().position(|l| l.starts_with("FAIL  fused loss on CPU: gradient max abs error")).expect(&text);
     assert!(text.lines().nth(fail + 1).unwrap().starts_with("      fix: "), "{text}");
 }
