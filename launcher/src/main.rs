@@ -1,7 +1,7 @@
 //! `elfin`: run a finetuning preset on one node or many through mpirun.
 
 use clap::{Parser, Subcommand};
-use elfin_launcher::{cli, launch, presets_command, report, run, stop};
+use elfin_launcher::{cli, doctor, launch, presets_command, report, run, stop};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -22,6 +22,8 @@ enum Command {
     Rank(cli::RankArgs),
     /// Write one self-contained HTML page with the curves and validation samples of one or more runs.
     Report(report::ReportArgs),
+    /// Check this machine (and the hosts of a hostfile) for elfin: one PASS/FAIL/SKIP line per check.
+    Doctor(doctor::DoctorArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Launch(args) => launch::run(args),
         Command::Rank(args) => run::run_rank(&args.log_dir, &args.trainer),
         Command::Report(args) => report::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Doctor(args) => doctor::run(args),
     };
     result.unwrap_or_else(|err| {
         eprintln!("elfin: error: {err:#}");

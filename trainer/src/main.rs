@@ -39,6 +39,8 @@ enum Command {
     Forward(elfin_trainer::model::cli_forward::ForwardArgs),
     /// Compute the encouraging loss on saved logits: prints {"loss", "nll_loss", "ntokens", "sample_size"}.
     Criterion(elfin_trainer::criterion::cli::CriterionCmdArgs),
+    /// Check this machine for elfin: versions, devices, NVRTC, the fused loss, collectives (PASS/FAIL/SKIP lines).
+    Doctor(elfin_trainer::doctor::command::DoctorArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Model(args) => elfin_trainer::model::cli_model::run(args),
         Command::Forward(args) => elfin_trainer::model::cli_forward::run(args),
         Command::Criterion(args) => elfin_trainer::criterion::cli::run(args),
+        Command::Doctor(args) => elfin_trainer::doctor::command::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

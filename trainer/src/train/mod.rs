@@ -6,6 +6,7 @@ mod args;
 pub mod eval_cli;
 pub mod predict_cli;
 pub mod preflight;
+mod self_check;
 mod update;
 mod validate;
 
