@@ -35,6 +35,8 @@ enum Command {
     Model(elfin_trainer::model::cli_model::ModelCommand),
     /// Run one eval-mode forward pass of a checkpoint on saved inputs and save logits and encoder output.
     Forward(elfin_trainer::model::cli_forward::ForwardArgs),
+    /// Beam search on saved inputs: write each sample's hypotheses, token scores and scores.
+    Generate(Box<elfin_trainer::generate::cli::GenerateArgs>),
     /// Compute the encouraging loss on saved logits: prints {"loss", "nll_loss", "ntokens", "sample_size"}.
     Criterion(elfin_trainer::criterion::cli::CriterionCmdArgs),
 }
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Model(args) => elfin_trainer::model::cli_model::run(args),
         Command::Forward(args) => elfin_trainer::model::cli_forward::run(args),
         Command::Criterion(args) => elfin_trainer::criterion::cli::run(args),
+        Command::Generate(args) => elfin_trainer::generate::cli::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
