@@ -90,21 +90,25 @@ pub fn read_references(path: &Path) -> Result<(Vec<String>, HashMap<String, Vec<
 }
 
 impl CaptionSet {
-    /// Joins predictions with their references; every predicted image must
-    /// have references (pycocotools' `loadRes` refuses others too).
+    /// Reads both files and joins them (see [`CaptionSet::join`]).
     pub fn load(predictions: &Path, references: &Path) -> Result<Self> {
-        let preds = read_predictions(predictions)?;
+        Self::join(read_predictions(predictions)?, references)
+            .with_context(|| format!("scoring {}", predictions.display()))
+    }
+
+    /// Joins (image id, caption) predictions with the references file; every
+    /// predicted image must have references (pycocotools' `loadRes` refuses
+    /// others too), and appears once.
+    pub fn join(predictions: Vec<(String, String)>, references: &Path) -> Result<Self> {
         let (order, mut refs) = read_references(references)?;
         let mut by_id: HashMap<String, String> = HashMap::new();
-        for (id, caption) in preds {
+        for (id, caption) in predictions {
             if !refs.contains_key(&id) {
-                bail!(
-                    "{}: image {id} has no reference captions in {}; predictions must be for images of the references file",
-                    predictions.display(),
-                    references.display()
-                );
+                bail!("image {id} has no reference captions in {}; predictions must be for its images", references.display());
             }
-            by_id.insert(id, caption);
+            if by_id.insert(id.clone(), caption).is_some() {
+                bail!("image {id} has more than one prediction; keep one per image");
+            }
         }
         let mut images = Vec::with_capacity(by_id.len());
         for id in order {
@@ -117,5 +121,18 @@ impl CaptionSet {
             bail!("{}: image {id} has annotations but is not listed in \"images\"", references.display());
         }
         Ok(CaptionSet { images })
+    }
+
+    /// Validation predictions scored against their own (TSV) references, in their order.
+    pub fn from_predictions(predictions: &[crate::eval::Prediction]) -> Self {
+        let images = predictions
+            .iter()
+            .map(|p| ScoredImage {
+                image_id: p.id.clone(),
+                prediction: p.prediction.clone().unwrap_or_default(),
+                references: p.references.clone().unwrap_or_default(),
+            })
+            .collect();
+        CaptionSet { images }
     }
 }

@@ -1,0 +1,4 @@
+# RefCOCO val: Acc@0.5 of a finetuned checkpoint (OFA evaluate_refcoco.sh).
+dataset=refcoco
+split=val
+source _refcoco_eval.sh
