@@ -1,7 +1,5 @@
 # CPU demo: refcoco_val's evaluation of a demo_refcoco_el checkpoint on the synthetic validation set (try 2 CPU ranks).
-dataset=refcoco
-split=val
-source _refcoco_eval.sh
+source refcoco_val.sh
 source _demo_cpu.sh
 
 synth_task=refcoco
