@@ -28,9 +28,11 @@ fn table() -> Vec<(String, String, &'static str, String, String, String)> {
         "./results/caption".to_string(),
         "/data/checkpoints/caption_large_best_clean.safetensors".to_string(),
     )];
-    for (dataset, splits) in
-        [("refcoco", &["val", "testA", "testB"][..]), ("refcocoplus", &["val", "testA", "testB"]), ("refcocog", &["val", "test"])]
-    {
+    for (dataset, splits) in [
+        ("refcoco", &["val", "testA", "testB"][..]),
+        ("refcocoplus", &["val", "testA", "testB"]),
+        ("refcocog", &["val", "test"]),
+    ] {
         for split in splits {
             rows.push((
                 format!("{dataset}_{split}"),
@@ -100,18 +102,29 @@ fn each_evaluation_preset_has_the_reference_scripts_values() {
 #[test]
 fn overrides_reach_the_generation_settings_and_the_checkpoint() {
     let r = resolved("refcocog_test", &[("beam", "3"), ("checkpoint", "/mine.safetensors")]);
-    assert_eq!(r.get("eval_args"), Some(r#"{"beam":3,"min_len":4,"max_len_a":0,"max_len_b":4,"no_repeat_ngram_size":3}"#));
+    assert_eq!(
+        r.get("eval_args"),
+        Some(r#"{"beam":3,"min_len":4,"max_len_a":0,"max_len_b":4,"no_repeat_ngram_size":3}"#)
+    );
     let argv = trainer_command(Path::new("elfin-train"), &r, Device::Cuda).unwrap();
     assert!(argv.contains(&"--checkpoint=/mine.safetensors".to_string()));
     // The finetuning presets still train.
-    assert_eq!(trainer_command(Path::new("elfin-train"), &resolved("refcoco_el", &[]), Device::Cuda).unwrap()[1], "train");
+    assert_eq!(
+        trainer_command(Path::new("elfin-train"), &resolved("refcoco_el", &[]), Device::Cuda).unwrap()[1],
+        "train"
+    );
     let bad = resolved("caption_test", &[("trainer_command", "serve")]);
-    assert!(trainer_command(Path::new("elfin-train"), &bad, Device::Cuda).unwrap_err().to_string().contains("train` or `eval"));
+    assert!(trainer_command(Path::new("elfin-train"), &bad, Device::Cuda)
+        .unwrap_err()
+        .to_string()
+        .contains("train` or `eval"));
 }
 
 #[test]
 fn demo_evaluations_are_the_same_runs_on_the_cpu() {
-    for (name, like, task) in [("demo_caption_eval", "caption_test", "caption"), ("demo_refcoco_eval", "refcoco_val", "refcoco")] {
+    for (name, like, task) in
+        [("demo_caption_eval", "caption_test", "caption"), ("demo_refcoco_eval", "refcoco_val", "refcoco")]
+    {
         let (demo, full) = (resolved(name, &[]), resolved(like, &[]));
         for var in ["trainer_command", "task", "eval_args", "seed", "num_workers"] {
             assert_eq!(demo.get(var), full.get(var), "{name}: {var}");
@@ -122,7 +135,10 @@ fn demo_evaluations_are_the_same_runs_on_the_cpu() {
         assert_eq!(demo.get("arch"), Some("ofa_micro"));
         assert_eq!(demo.get("CUDA_VISIBLE_DEVICES"), Some(""));
         assert_eq!(demo.get("fp16"), Some("false"));
-        assert_eq!(demo.get("checkpoint"), Some(format!("./demo_checkpoints/{task}_el/checkpoint_best.safetensors").as_str()));
+        assert_eq!(
+            demo.get("checkpoint"),
+            Some(format!("./demo_checkpoints/{task}_el/checkpoint_best.safetensors").as_str())
+        );
         assert!(demo.description.as_deref().unwrap_or("").contains("CPU demo"));
     }
 }

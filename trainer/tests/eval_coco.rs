@@ -35,13 +35,74 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "a", "man", "dog", "cat", "riding", "wave", "on", "top", "of", "the", "surfboard", "two", "people", "standing",
-    "near", "red", "bus", "street", "t-shirt", "black", "white", "is", "sitting", "bench", "with", "and", "in", "an",
-    "old", "city", "pizza", "table", "kids", "playing", "frisbee", "green", "field", "giraffe", "tall", "tree",
+    "a",
+    "man",
+    "dog",
+    "cat",
+    "riding",
+    "wave",
+    "on",
+    "top",
+    "of",
+    "the",
+    "surfboard",
+    "two",
+    "people",
+    "standing",
+    "near",
+    "red",
+    "bus",
+    "street",
+    "t-shirt",
+    "black",
+    "white",
+    "is",
+    "sitting",
+    "bench",
+    "with",
+    "and",
+    "in",
+    "an",
+    "old",
+    "city",
+    "pizza",
+    "table",
+    "kids",
+    "playing",
+    "frisbee",
+    "green",
+    "field",
+    "giraffe",
+    "tall",
+    "tree",
 ];
 const SPECIAL: &[&str] = &[
-    "don't", "it's", "dog's", "they're", "we've", "I'm", "they'll", "he'd", "can't", "won't", "cannot", "gonna",
-    "3.5", "1,000", "10:30", "50%", "$5", "Mr.", "St.", "etc.", "U.S.", "-", "--", "&", "well-known", "x-ray",
+    "don't",
+    "it's",
+    "dog's",
+    "they're",
+    "we've",
+    "I'm",
+    "they'll",
+    "he'd",
+    "can't",
+    "won't",
+    "cannot",
+    "gonna",
+    "3.5",
+    "1,000",
+    "10:30",
+    "50%",
+    "$5",
+    "Mr.",
+    "St.",
+    "etc.",
+    "U.S.",
+    "-",
+    "--",
+    "&",
+    "well-known",
+    "x-ray",
 ];
 const TRAILING: &[&str] = &[",", ";", ":", "!", "?", "...", "!!", "?!", "!!!"];
 
@@ -79,7 +140,9 @@ fn caption(rng: &mut Rng, like: Option<&[&str]>) -> String {
         Some(words) if rng.chance(0.7) => {
             words.iter().map(|&w| if rng.chance(0.25) { rng.pick(WORDS) } else { w }).collect()
         }
-        _ => (0..1 + rng.below(12)).map(|_| if rng.chance(0.12) { rng.pick(SPECIAL) } else { rng.pick(WORDS) }).collect(),
+        _ => {
+            (0..1 + rng.below(12)).map(|_| if rng.chance(0.12) { rng.pick(SPECIAL) } else { rng.pick(WORDS) }).collect()
+        }
     };
     let mut out = String::new();
     for (i, b) in base.iter().enumerate() {
@@ -181,8 +244,13 @@ fn rust_scores_equal_pycocoevalcap_on_generated_sets() {
         // The tokenizer first: a mismatch names the caption.
         let predictions: Vec<&str> = images.iter().map(|(p, _)| p.as_str()).collect();
         let references: Vec<&str> = images.iter().flat_map(|(_, r)| r.iter().map(String::as_str)).collect();
-        let want_refs: Vec<&str> =
-            want["reference_tokens"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|t| t.as_str().unwrap()).collect();
+        let want_refs: Vec<&str> = want["reference_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap())
+            .map(|t| t.as_str().unwrap())
+            .collect();
         let want_preds: Vec<&str> = want["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
         for (captions, want) in [(&predictions, &want_preds), (&references, &want_refs)] {
             for (i, (got, want)) in tokenize_captions(captions).into_iter().zip(want.iter()).enumerate() {
@@ -216,7 +284,8 @@ fn the_pycocoevalcap_script_scores_like_coco_eval() {
     let dir = tempfile::tempdir().unwrap();
     let (p, r) = write_files(dir.path(), &images);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/coco_caption_eval.py");
-    let out = Command::new(PYTHON).args([script, &p, &r, "--metrics", "Bleu,ROUGE_L,CIDEr,METEOR,SPICE"]).output().unwrap();
+    let out =
+        Command::new(PYTHON).args([script, &p, &r, "--metrics", "Bleu,ROUGE_L,CIDEr,METEOR,SPICE"]).output().unwrap();
     let want = stdout_json(&out);
     let got = score_coco(&p, &r);
     assert_eq!(want["count"], got["count"]);
@@ -245,7 +314,8 @@ fn bad_files_get_a_clear_error() {
         (r.as_str(), r.as_str(), "expected a JSON list"),
         (p.as_str(), p.as_str(), "no \"annotations\" list"),
     ] {
-        let out = Command::new(BIN).args(["score", "coco", "--predictions", preds, "--references", refs]).output().unwrap();
+        let out =
+            Command::new(BIN).args(["score", "coco", "--predictions", preds, "--references", refs]).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(message), "{message}: {stderr}");
     }

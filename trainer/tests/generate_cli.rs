@@ -80,7 +80,12 @@ fn floats(t: &Tensor) -> Vec<f32> {
 /// Greedy decoding by a full decoder pass over the whole prefix at every step.
 fn argmax_decode(model: &OfaModel, input: &NetInput, row: i64, min_len: i64, max_len: i64) -> (Vec<i64>, Vec<f32>) {
     let pick = |t: &Tensor| t.narrow(0, row, 1);
-    let enc = model.encode(&pick(&input.src_tokens), Some(&pick(&input.patch_images)), Some(&pick(&input.patch_masks)), false);
+    let enc = model.encode(
+        &pick(&input.src_tokens),
+        Some(&pick(&input.patch_images)),
+        Some(&pick(&input.patch_masks)),
+        false,
+    );
     let (mut prefix, mut scores) = (vec![0i64], Vec::new());
     for step in 0..=max_len {
         let logits = model.decode(&Tensor::from_slice(&prefix).unsqueeze(0), &enc, None, false);

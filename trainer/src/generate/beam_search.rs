@@ -153,8 +153,11 @@ pub fn beam_search(
                     tokens.push(cfg.eos);
                     let norm = ((step + 1) as f64).powf(cfg.lenpen);
                     let cumulative = [history[first + b].as_slice(), &[score]].concat();
-                    let positional_scores =
-                        cumulative.iter().enumerate().map(|(i, &c)| if i == 0 { c } else { c - cumulative[i - 1] }).collect();
+                    let positional_scores = cumulative
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &c)| if i == 0 { c } else { c - cumulative[i - 1] })
+                        .collect();
                     finalized[sent].push(Hypothesis { tokens, score: f64::from(score) / norm, positional_scores });
                 }
             }

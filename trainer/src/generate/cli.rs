@@ -107,7 +107,10 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     let (bsz, src_len) = (input.src_tokens.size()[0] as usize, input.src_tokens.size()[1] as usize);
     let max_len = cfg.max_len(src_len);
     if cfg.min_len > max_len {
-        bail!("--min-len {} exceeds the maximum length {max_len} (int(max_len_a · {src_len} + max_len_b))", cfg.min_len);
+        bail!(
+            "--min-len {} exceeds the maximum length {max_len} (int(max_len_a · {src_len} + max_len_b))",
+            cfg.min_len
+        );
     }
     if max_len + 1 > loaded.cfg.max_target_positions {
         bail!("maximum length {max_len} exceeds the model's {} target positions", loaded.cfg.max_target_positions);

@@ -111,7 +111,8 @@ fn check_inputs(
 ) -> Result<()> {
     let b = src.size()[0];
     let prev = prev.map(|p| ("prev_output_tokens", p, cfg.max_target_positions));
-    for (name, t) in [("patch_images", images), ("patch_masks", masks)].into_iter().chain(prev.map(|(n, t, _)| (n, t))) {
+    for (name, t) in [("patch_images", images), ("patch_masks", masks)].into_iter().chain(prev.map(|(n, t, _)| (n, t)))
+    {
         if t.size()[0] != b {
             bail!("`{name}` has {} rows but `src_tokens` has {b}", t.size()[0]);
         }
@@ -187,7 +188,8 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     let loaded = load_for_inspection(&args.model, &args.checkpoint, device)?;
     let (model, cfg) = (&loaded.model, &loaded.cfg);
     let net = read_net_input(&args.inputs, &loaded, device, true)?;
-    let (src_tokens, images, masks, prev) = (&net.src_tokens, &net.patch_images, &net.patch_masks, &net.prev_output_tokens);
+    let (src_tokens, images, masks, prev) =
+        (&net.src_tokens, &net.patch_images, &net.patch_masks, &net.prev_output_tokens);
     let (logits, encoder_out) = tch::no_grad(|| {
         args.precision.run(device, || {
             let enc = model.encode(src_tokens, Some(images), Some(masks), false);

@@ -10,10 +10,10 @@ use crate::checkpoint::LoadPlan;
 use crate::criterion::Criterion;
 use crate::data::Task;
 use crate::dist::{ProcessGroup, World};
-use crate::eval::prediction::write_jsonl;
-use crate::model::OfaModel;
 use crate::eval::coco::{score_captions, CaptionSet};
+use crate::eval::prediction::write_jsonl;
 use crate::eval::Prediction;
+use crate::model::OfaModel;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use tch::nn;
@@ -99,14 +99,22 @@ fn evaluate(world: &World, args: &EvalCmdArgs) -> Result<()> {
                 Some(path) => CaptionSet::join(caption_pairs(&result.predictions), path)?,
                 None => CaptionSet::from_predictions(&result.predictions),
             };
-            line.insert("coco".into(), serde_json::to_value(score_captions(&set))?);
+            let coco = serde_json::to_value(score_captions(&set))?;
+            // As coco_eval.py prints them.
+            for (name, value) in coco.as_object().into_iter().flatten().filter(|(k, _)| *k != "count") {
+                eprintln!("{name}: {:.3}", value.as_f64().unwrap_or(f64::NAN));
+            }
+            line.insert("coco".into(), coco);
         }
         line.insert("predictions".into(), serde_json::json!(out.display().to_string()));
         if let Some(dir) = &args.results_path {
             let predict = dir.join(format!("{}_predict.json", args.gen_subset));
             write_json(&predict, &reference_results(&result.predictions))?;
             line.insert("results".into(), serde_json::json!(predict.display().to_string()));
-            write_json(&dir.join(format!("{}_metrics.json", args.gen_subset)), &serde_json::Value::Object(line.clone()))?;
+            write_json(
+                &dir.join(format!("{}_metrics.json", args.gen_subset)),
+                &serde_json::Value::Object(line.clone()),
+            )?;
         }
         println!("{}", serde_json::Value::Object(line));
     }

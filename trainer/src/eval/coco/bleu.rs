@@ -69,9 +69,9 @@ pub fn corpus_bleu(samples: &[(String, Vec<String>)]) -> [f64; MAX_ORDER] {
     }
     let mut bleus = [0.0; MAX_ORDER];
     let mut product = 1.0f64;
-    for k in 0..MAX_ORDER {
+    for (k, bleu) in bleus.iter_mut().enumerate() {
         product *= (total.correct[k] as f64 + TINY) / (total.guess[k] as f64 + SMALL);
-        bleus[k] = product.powf(1.0 / (k + 1) as f64);
+        *bleu = product.powf(1.0 / (k + 1) as f64);
     }
     let ratio = (total.test_len as f64 + TINY) / (total.ref_len as f64 + SMALL);
     if ratio < 1.0 {

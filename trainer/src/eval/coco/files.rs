@@ -47,7 +47,10 @@ fn caption(value: &Value, path: &Path, record: &str) -> Result<String> {
 /// Predictions: image id → caption, in file order; one per image.
 pub fn read_predictions(path: &Path) -> Result<Vec<(String, String)>> {
     let Value::Array(records) = read_json(path, "predictions file")? else {
-        bail!("{}: expected a JSON list of {{\"image_id\": …, \"caption\": \"…\"}} (the reference's SPLIT_predict.json)", path.display());
+        bail!(
+            "{}: expected a JSON list of {{\"image_id\": …, \"caption\": \"…\"}} (the reference's SPLIT_predict.json)",
+            path.display()
+        );
     };
     let mut seen = HashMap::new();
     let mut out = Vec::with_capacity(records.len());
@@ -55,7 +58,10 @@ pub fn read_predictions(path: &Path) -> Result<Vec<(String, String)>> {
         let where_ = format!("record {i}");
         let id = image_id(record.get("image_id"), path, &where_)?;
         if let Some(first) = seen.insert(id.clone(), i) {
-            bail!("{}: {where_}: image {id} already has a prediction (record {first}); keep one per image", path.display());
+            bail!(
+                "{}: {where_}: image {id} already has a prediction (record {first}); keep one per image",
+                path.display()
+            );
         }
         out.push((id, caption(record, path, &where_)?));
     }
@@ -65,8 +71,11 @@ pub fn read_predictions(path: &Path) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
+/// Image id → its reference captions.
+pub type CaptionsById = HashMap<String, Vec<String>>;
+
 /// References: the images' order and each image's captions, in file order.
-pub fn read_references(path: &Path) -> Result<(Vec<String>, HashMap<String, Vec<String>>)> {
+pub fn read_references(path: &Path) -> Result<(Vec<String>, CaptionsById)> {
     let root = read_json(path, "references file")?;
     let Some(Value::Array(annotations)) = root.get("annotations") else {
         bail!("{}: not COCO caption format: no \"annotations\" list", path.display());
@@ -77,7 +86,7 @@ pub fn read_references(path: &Path) -> Result<(Vec<String>, HashMap<String, Vec<
             order.push(image_id(image.get("id"), path, &format!("images[{i}] (its \"id\")"))?);
         }
     }
-    let mut captions: HashMap<String, Vec<String>> = HashMap::new();
+    let mut captions = CaptionsById::new();
     for (i, ann) in annotations.iter().enumerate() {
         let where_ = format!("annotations[{i}]");
         let id = image_id(ann.get("image_id"), path, &where_)?;
@@ -104,7 +113,10 @@ impl CaptionSet {
         let mut by_id: HashMap<String, String> = HashMap::new();
         for (id, caption) in predictions {
             if !refs.contains_key(&id) {
-                bail!("image {id} has no reference captions in {}; predictions must be for its images", references.display());
+                bail!(
+                    "image {id} has no reference captions in {}; predictions must be for its images",
+                    references.display()
+                );
             }
             if by_id.insert(id.clone(), caption).is_some() {
                 bail!("image {id} has more than one prediction; keep one per image");

@@ -33,8 +33,11 @@ pub fn tokenize_captions<S: AsRef<str>>(captions: &[S]) -> Vec<String> {
         .map(|i| {
             // What follows the caption's last chunk: the first chunk of the next
             // non-empty caption, unless that caption starts with a space.
-            let next_caption =
-                captions[i + 1..].iter().map(AsRef::as_ref).find(|c| !c.is_empty()).filter(|c| !c.starts_with(is_java_space));
+            let next_caption = captions[i + 1..]
+                .iter()
+                .map(AsRef::as_ref)
+                .find(|c| !c.is_empty())
+                .filter(|c| !c.starts_with(is_java_space));
             let after_last = next_caption.and_then(|c| chunks_of(c).next());
             let mut tokens = Vec::new();
             for (k, chunk) in chunks[i].iter().enumerate() {
