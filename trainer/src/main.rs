@@ -37,6 +37,8 @@ enum Command {
     Model(elfin_trainer::model::cli_model::ModelCommand),
     /// Run one eval-mode forward pass of a checkpoint on saved inputs and save logits and encoder output.
     Forward(elfin_trainer::model::cli_forward::ForwardArgs),
+    /// Beam search on saved inputs: write each sample's hypotheses, token scores and scores.
+    Generate(Box<elfin_trainer::generate::cli::GenerateArgs>),
     /// Compute the encouraging loss on saved logits: prints {"loss", "nll_loss", "ntokens", "sample_size"}.
     Criterion(elfin_trainer::criterion::cli::CriterionCmdArgs),
     /// Check this machine for elfin: versions, devices, NVRTC, the fused loss, collectives (PASS/FAIL/SKIP lines).
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Command::Forward(args) => elfin_trainer::model::cli_forward::run(args),
         Command::Criterion(args) => elfin_trainer::criterion::cli::run(args),
         Command::Doctor(args) => elfin_trainer::doctor::command::run(args),
+        Command::Generate(args) => elfin_trainer::generate::cli::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
