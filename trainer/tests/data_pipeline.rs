@@ -140,10 +140,11 @@ fn the_loader_yields_every_micro_batch_in_order_with_workers() {
     assert_eq!(inline.iter().map(|(u, m, _)| (*u, *m)).collect::<Vec<_>>(), want);
 
     let valid = Arc::new(task.load(Split::Valid, 1).unwrap());
-    let plan = ValidPlan::new(valid.len(), 4, 0, 1);
+    let rows = valid.len();
+    let plan = ValidPlan::new(rows, 4, 0, 1);
     let mut loader = Loader::new(valid, plan.jobs(), 1, false);
     let n: usize = loader.by_ref().map(|mb| mb.unwrap().batch.map_or(0, |b| b.nsentences as usize)).sum();
-    assert_eq!(n, plan.shard().len());
+    assert_eq!(n, rows);
     assert!(loader.wait_time() > std::time::Duration::ZERO);
 }
 
