@@ -64,10 +64,16 @@ impl Trainer {
         self.pg.all_reduce_f64(&mut totals)?;
         let sums = Sums::from_array(totals);
 
-        // Sum over ranks, divided by the loss scale times the global kept-token count.
-        self.grad_sync.sync(&self.pg, scale * sums.sample_size.max(1.0))?;
-        let grads: Vec<_> = self.params.iter().map(|(_, p)| p.grad()).collect();
-        let clip = crate::optim::clip_grad_norm(&grads, self.args.optim.clip_norm, 1.0, self.clip_rule());
+        // Summed over ranks in place in the buckets; the division by the loss
+        // scale times the global kept-token count rides on the clipping pass.
+        self.grad_sync.sync_sum(&self.pg)?;
+        let multiplier = 1.0 / (scale * sums.sample_size.max(1.0));
+        let clip = crate::optim::clip_grad_norm(
+            &self.grad_sync.grads(),
+            self.args.optim.clip_norm,
+            multiplier,
+            self.clip_rule(),
+        );
         let overflow = match &mut self.scaler {
             Some(scaler) => scaler.check_overflow(clip.gnorm)?,
             None => false,
