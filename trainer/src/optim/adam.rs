@@ -5,14 +5,15 @@
 //!
 //! The moments of all parameters live in one flat float32 buffer per device
 //! (laid out at the first step or load, in the order of the parameters). A
-//! float32 CPU parameter is updated by [`AdamKernel::Fused`]: two passes in
-//! Rust around one libtorch `sqrt` over the whole flat second moment, with
+//! float32 CPU parameter is updated by [`AdamKernel::Fused`], piece by
+//! piece so that each piece stays in cache: a Rust pass over the moments, a
+//! libtorch `sqrt` of the second moment, a Rust pass over the weights, with
 //! the same float32 operations in the same order as the tensor-op
-//! arithmetic, so both give the same bits. (libtorch's CPU `sqrt` is not
-//! the correctly rounded one, so it stays libtorch's; it is elementwise, so
-//! one call over the flat buffer gives every tensor's bits.) Other
-//! parameters (CUDA, not float32, not contiguous) go through
-//! [`AdamKernel::TensorOps`], libtorch ops on views of the flat buffers.
+//! arithmetic, so both give the same bits. (libtorch's CPU `sqrt` is not the
+//! correctly rounded one, so it stays libtorch's; it is elementwise, so
+//! pieces do not change its bits.) Other parameters (CUDA, not float32, not
+//! contiguous) go through [`AdamKernel::TensorOps`], libtorch ops on views
+//! of the flat buffers.
 
 use super::OptimArgs;
 use anyhow::{bail, ensure, Result};
@@ -67,8 +68,6 @@ struct FlatMoments {
     slots: Vec<Slot>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
-    /// Scratch for `sqrt(exp_avg_sq)` of the fused kernel (not state).
-    sqrt: Vec<Tensor>,
 }
 
 impl FlatMoments {
@@ -86,7 +85,7 @@ impl FlatMoments {
             slots.push(Slot { name: name.clone(), buffer, offset, size: p.size() });
         }
         let zeros = || devices.iter().map(|&(d, n)| Tensor::zeros([n], (Kind::Float, d))).collect();
-        FlatMoments { slots, exp_avg: zeros(), exp_avg_sq: zeros(), sqrt: zeros() }
+        FlatMoments { slots, exp_avg: zeros(), exp_avg_sq: zeros() }
     }
 
     fn view(&self, flat: &[Tensor], i: usize) -> Tensor {
@@ -171,26 +170,19 @@ impl Adam {
         };
         let rounding = addcmul_rounding();
         let mut fused = Vec::new();
-        let mut fused_buffers = vec![false; state.sqrt.len()];
         tch::no_grad(|| {
             for (i, (_, param)) in params.iter().enumerate() {
                 let grad = Some(param.grad()).filter(Tensor::defined);
                 let moments = state.moments(i);
                 if self.kernel == AdamKernel::Fused && fusable(param, grad.as_ref()) {
-                    let sqrt = state.view(&state.sqrt, i);
-                    fused.push(FusedJob::new(param, grad.as_ref(), &moments, &sqrt, rounding));
-                    fused_buffers[state.slots[i].buffer] = true;
+                    fused.push(FusedJob::new(param, grad.as_ref(), &moments, rounding));
                 } else {
                     self.step_tensor_ops(param, grad, moments, lr, step_size);
                 }
             }
         });
         let pool = self.pool(fused.len());
-        run_pieces(pool, &fused, |job| job.moments(&c, rounding));
-        for (b, _) in fused_buffers.iter().enumerate().filter(|(_, used)| **used) {
-            let _ = tch::no_grad(|| state.exp_avg_sq[b].sqrt_out(&mut state.sqrt[b].shallow_clone()));
-        }
-        run_pieces(pool, &fused, |job| job.weights(&c));
+        tch::no_grad(|| run_pieces(pool, &fused, |piece| piece.step(&c, rounding)));
         self.state = Some(state);
         Ok(())
     }
@@ -291,7 +283,6 @@ struct FusedJob {
     grad: Option<*const f32>,
     exp_avg: *mut f32,
     exp_avg_sq: *mut f32,
-    sqrt: *mut f32,
     len: usize,
     /// Where libtorch's scalar remainder loop starts (see [`AddcmulRounding`]).
     tail_from: usize,
@@ -301,32 +292,31 @@ struct FusedJob {
 unsafe impl Send for FusedJob {}
 unsafe impl Sync for FusedJob {}
 
-/// Elements per piece when a pass is split over threads (a multiple of
-/// every vector block, so the pieces keep libtorch's remainder positions).
-const PIECE: usize = 1 << 15;
+/// Elements per piece: its five float32 streams (weights, gradient, two
+/// moments, square root) fit in a core's L2 cache, and it is a multiple of
+/// every vector block, so the pieces keep libtorch's remainder positions.
+const PIECE: usize = 1 << 14;
 
+/// Runs `f` on every piece of every job, on `pool`'s threads if any.
 fn run_pieces(pool: Option<&rayon::ThreadPool>, jobs: &[FusedJob], f: impl Fn(&FusedJob) + Sync) {
+    let pieces: Vec<FusedJob> = jobs
+        .iter()
+        .flat_map(|job| (0..job.len).step_by(PIECE).map(move |s| job.piece(s, PIECE.min(job.len - s))))
+        .collect();
     match pool {
-        Some(pool) => {
-            let pieces: Vec<FusedJob> = jobs
-                .iter()
-                .flat_map(|job| (0..job.len).step_by(PIECE).map(move |s| job.piece(s, PIECE.min(job.len - s))))
-                .collect();
-            pool.install(|| pieces.par_iter().for_each(&f));
-        }
-        None => jobs.iter().for_each(f),
+        Some(pool) => pool.install(|| pieces.par_iter().for_each(&f)),
+        None => pieces.iter().for_each(f),
     }
 }
 
 impl FusedJob {
-    fn new(param: &Tensor, grad: Option<&Tensor>, m: &Moments, sqrt: &Tensor, r: &AddcmulRounding) -> FusedJob {
+    fn new(param: &Tensor, grad: Option<&Tensor>, m: &Moments, r: &AddcmulRounding) -> FusedJob {
         let len = param.numel();
         FusedJob {
             param: param.data_ptr() as *mut f32,
             grad: grad.map(|g| g.data_ptr() as *const f32),
             exp_avg: m.exp_avg.data_ptr() as *mut f32,
             exp_avg_sq: m.exp_avg_sq.data_ptr() as *mut f32,
-            sqrt: sqrt.data_ptr() as *mut f32,
             len,
             tail_from: len - len % r.period,
         }
@@ -341,21 +331,21 @@ impl FusedJob {
                 grad: self.grad.map(|g| g.add(start)),
                 exp_avg: self.exp_avg.add(start),
                 exp_avg_sq: self.exp_avg_sq.add(start),
-                sqrt: self.sqrt.add(start),
                 len,
                 tail_from: self.tail_from.saturating_sub(start).min(len),
             }
         }
     }
 
-    // SAFETY (both passes): the pointers address `len` valid float32 values
-    // that no other job touches (see `FusedJob`).
-
-    /// `m ← β1·m + (1−β1)·g`, `v ← β2·v + (1−β2)·g·g`, as libtorch's
-    /// `mul_`, `add_` and `addcmul_` round them.
-    fn moments(&self, c: &Coefficients, r: &AddcmulRounding) {
-        let (m, v) = unsafe {
+    /// One Adam step of this piece: `m ← β1·m + (1−β1)·g`,
+    /// `v ← β2·v + (1−β2)·g·g` (as libtorch's `mul_`, `add_` and `addcmul_`
+    /// round them), then `p ← p − lr·wd·p − step_size · m / (sqrt(v) + eps)`.
+    fn step(&self, c: &Coefficients, r: &AddcmulRounding) {
+        // SAFETY: the pointers address `len` valid float32 values that no
+        // other piece touches (see `FusedJob`).
+        let (p, m, v) = unsafe {
             (
+                std::slice::from_raw_parts_mut(self.param, self.len),
                 std::slice::from_raw_parts_mut(self.exp_avg, self.len),
                 std::slice::from_raw_parts_mut(self.exp_avg_sq, self.len),
             )
@@ -371,18 +361,9 @@ impl FusedJob {
         let t = self.tail_from;
         moments(&mut m[..t], &mut v[..t], &g[..t], c, r.body_fma);
         moments(&mut m[t..], &mut v[t..], &g[t..], c, r.tail_fma);
-    }
-
-    /// `p ← p − lr·wd·p`, then `p ← p − step_size · m / (sqrt(v) + eps)`.
-    fn weights(&self, c: &Coefficients) {
-        let (p, m, sqrt) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(self.param, self.len),
-                std::slice::from_raw_parts(self.exp_avg, self.len),
-                std::slice::from_raw_parts(self.sqrt, self.len),
-            )
-        };
-        for ((p, &m), &sqrt) in p.iter_mut().zip(m).zip(sqrt) {
+        let mut sqrt = vec![0.0f32; self.len];
+        libtorch_sqrt(v, &mut sqrt);
+        for ((p, &m), &sqrt) in p.iter_mut().zip(&*m).zip(&sqrt) {
             let denom = sqrt + c.eps;
             if let Some(decay) = c.decay {
                 *p = *p + *p * decay;
@@ -390,6 +371,20 @@ impl FusedJob {
             *p = *p + (m / denom) * c.neg_step_size;
         }
     }
+}
+
+/// `out ← sqrt(x)` by libtorch's own CPU kernel (its bits, not Rust's).
+fn libtorch_sqrt(x: &[f32], out: &mut [f32]) {
+    let n = [x.len() as i64];
+    // SAFETY: both tensors borrow live float32 slices of `n` elements for the
+    // duration of this call only.
+    let (x, mut out) = unsafe {
+        (
+            Tensor::from_blob(x.as_ptr() as *const u8, &n, &[1], Kind::Float, Device::Cpu),
+            Tensor::from_blob(out.as_mut_ptr() as *const u8, &n, &[1], Kind::Float, Device::Cpu),
+        )
+    };
+    let _ = x.sqrt_out(&mut out);
 }
 
 fn moments(m: &mut [f32], v: &mut [f32], g: &[f32], c: &Coefficients, fma: bool) {
