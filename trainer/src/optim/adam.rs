@@ -388,7 +388,7 @@ impl FusedJob {
             if let Some(decay) = c.decay {
                 *p = *p + *p * decay;
             }
-            *p = *p + (m / denom) * c.neg_step_size;
+            *p += (m / denom) * c.neg_step_size;
         }
     }
 }
@@ -398,13 +398,13 @@ fn libtorch_sqrt(x: &[f32], out: &mut [f32]) {
     let n = [x.len() as i64];
     // SAFETY: both tensors borrow live float32 slices of `n` elements for the
     // duration of this call only.
-    let (x, mut out) = unsafe {
+    let (x, out) = unsafe {
         (
             Tensor::from_blob(x.as_ptr() as *const u8, &n, &[1], Kind::Float, Device::Cpu),
             Tensor::from_blob(out.as_mut_ptr() as *const u8, &n, &[1], Kind::Float, Device::Cpu),
         )
     };
-    let _ = x.sqrt_out(&mut out);
+    let _ = x.sqrt_out(&out);
 }
 
 #[inline(always)]
