@@ -179,7 +179,8 @@ impl Bench {
         let (loss, sample_size) = self.forward_backward(precision);
         let clipping = self.now();
         let multiplier = 1.0 / (sample_size as f64).max(1.0);
-        clip_grad_norm(&self.sync.grads(), self.cli.optim.clip_norm, multiplier, ClipRule::WithEpsilon);
+        let grads: Vec<Tensor> = self.params.iter().map(|(_, p)| p.grad()).collect();
+        clip_grad_norm(&grads, self.cli.optim.clip_norm, multiplier, ClipRule::WithEpsilon);
         let stepping = self.now();
         self.adam.step(&self.params, self.cli.optim.lr).expect("Adam step");
         for (_, p) in &self.params {

@@ -641,11 +641,6 @@ fn single_process_sync_normalises_and_keeps_gradients_in_buckets() {
         // sync and after a reset to none, no gradient is a view yet.
         assert_eq!(sync.grads_in_buckets(), if update == 1 { 5 } else { 0 }, "update {update}, after backward");
         sync.sync(&pg, 4.0).unwrap();
-        let flat = sync.grads();
-        assert_eq!(flat.len(), sync.num_buckets(), "the gradients are handed over as the flat buckets");
-        let flat_sq: f64 = flat.iter().map(|b| b.square().sum(Kind::Double).double_value(&[])).sum();
-        let grads_sq: f64 = want.iter().flatten().map(|w| w.square().sum(Kind::Double).double_value(&[])).sum();
-        assert!((flat_sq - grads_sq).abs() <= 1e-6 * grads_sq, "buckets hold {flat_sq}, gradients {grads_sq}");
         for ((name, p), want) in named.iter().zip(&want) {
             match want {
                 None => assert!(!p.grad().defined(), "`{name}` should have no gradient"),

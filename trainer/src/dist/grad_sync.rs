@@ -111,27 +111,6 @@ impl GradSync {
             .count()
     }
 
-    /// The synchronised gradients in as few tensors as possible, for the
-    /// passes over all of them (norm, clipping): the flat buckets when every
-    /// gradient is a bucket view (always, after the first sync, unless a
-    /// gradient was replaced since), else each parameter's gradient.
-    pub fn grads(&self) -> Vec<Tensor> {
-        let in_bucket = |i: usize, p: &Param| {
-            let grad = p.tensor.grad();
-            if !grad.defined() {
-                return self.present[i] == 0.0;
-            }
-            let bucket = &self.buckets[p.bucket];
-            let start = bucket.data_ptr() as usize + p.offset as usize * bucket.kind().elt_size_in_bytes();
-            grad.data_ptr() as usize == start
-        };
-        if self.params.iter().enumerate().all(|(i, p)| in_bucket(i, p)) {
-            self.buckets.iter().map(Tensor::shallow_clone).collect()
-        } else {
-            self.params.iter().map(|p| p.tensor.grad()).filter(Tensor::defined).collect()
-        }
-    }
-
     fn segment(&self, i: usize) -> Tensor {
         let p = &self.params[i];
         self.buckets[p.bucket].narrow(0, p.offset, p.numel)
