@@ -32,7 +32,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
         print(m["target"]["name"], m["executable"])' \
   | while read -r name exe; do
-      case "$name" in el_loss|model|allreduce) cp "$exe" "$out/benches/$name" ;; esac  # the GPU benchmarks
+      case "$name" in el_loss|model|allreduce|step) cp "$exe" "$out/benches/$name" ;; esac  # the GPU benchmarks
     done
 
 # Open MPI, mirrored under ompi/usr so that OPAL_PREFIX=ompi/usr relocates it.

@@ -78,10 +78,12 @@ bench() { # name, seconds, command...
   local n=$1; shift
   [ -x "$bundle/benches/$n" ] || { note "SKIP bench-$n (not in the bundle)"; return; }
   run_step "bench-$n" "$@"
-  grep -E '^(result|RESULT)' "$out/logs/bench-$n.log" >> "$summary" 2>/dev/null || true
+  grep -E '^(result|RESULT|\{)' "$out/logs/bench-$n.log" >> "$summary" 2>/dev/null || true
 }
 bench el_loss 120 "$bundle/benches/el_loss" --gpu
 bench model 180 "$bundle/benches/model" --gpu
+# The reference's measured step (ofa_tiny, 256 px): fp32 against bf16 autocast, images contiguous against channels-last.
+bench step 300 "$bundle/benches/step" --cuda --compare bf16,channels-last
 bench allreduce 120 mpirun -np "$(nvidia-smi -L | wc -l)" "$bundle/benches/allreduce" --nccl
 note "== done: $([ $failed = 0 ] && echo all passed || echo some failed)"
 exit $failed

@@ -3,20 +3,26 @@
 //! alone, both measured by rank 0 of the same 2-rank run (`ups` and
 //! `fwd_bwd_wall` of metrics.jsonl, over the second half of the run).
 //!
-//!     cargo bench -p elfin-trainer --bench train_loop [-- --updates 40 --tiny-updates 8]
+//!     cargo bench -p elfin-trainer --bench train_loop [-- --updates 40 --tiny-updates 8 --arch ofa_micro --trainer PATH]
+//!
+//! `--trainer PATH` runs another `elfin-train` build (say, of an older
+//! commit), so that before/after figures can be taken alternately on a busy
+//! machine; `--arch` runs one of the two cases.
 
 use std::path::Path;
 use std::process::Command;
 
-const TRAINER: &str = env!("CARGO_BIN_EXE_elfin-train");
-
-fn value(args: &[String], flag: &str, default: u64) -> u64 {
-    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map_or(default, |v| v.parse().expect(flag))
+fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(String::as_str)
 }
 
-fn run(dir: &Path, arch: &str, image: u32, batch: u32, updates: u64) {
+fn value(args: &[String], name: &str, default: u64) -> u64 {
+    flag(args, name).map_or(default, |v| v.parse().expect(name))
+}
+
+fn run(trainer: &str, dir: &Path, arch: &str, image: u32, batch: u32, updates: u64) {
     let data = dir.join(format!("data-{image}"));
-    let synth = Command::new(TRAINER)
+    let synth = Command::new(trainer)
         .args([
             "synth",
             "--task",
@@ -36,7 +42,7 @@ fn run(dir: &Path, arch: &str, image: u32, batch: u32, updates: u64) {
     let save = dir.join(arch);
     let d = data.display();
     let out = Command::new("mpirun")
-        .args(["-np", "2", "--oversubscribe", "-x", "OMP_NUM_THREADS=1", TRAINER, "train"])
+        .args(["-np", "2", "--oversubscribe", "-x", "OMP_NUM_THREADS=1", trainer, "train"])
         .arg(format!("--data={d}/train.tsv,{d}/val.tsv"))
         .arg(format!("--bpe-dir={d}/bpe"))
         .arg(format!("--save-dir={}", save.display()))
@@ -77,7 +83,13 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = std::env::temp_dir().join(format!("elfin-bench-loop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    run(&dir, "ofa_micro", 64, 8, value(&args, "--updates", 40));
-    run(&dir, "ofa_tiny", 256, 4, value(&args, "--tiny-updates", 8));
+    let trainer = flag(&args, "--trainer").unwrap_or(env!("CARGO_BIN_EXE_elfin-train"));
+    let only = flag(&args, "--arch");
+    if only.is_none_or(|a| a == "ofa_micro") {
+        run(trainer, &dir, "ofa_micro", 64, 8, value(&args, "--updates", 40));
+    }
+    if only.is_none_or(|a| a == "ofa_tiny") {
+        run(trainer, &dir, "ofa_tiny", 256, 4, value(&args, "--tiny-updates", 8));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -667,6 +667,10 @@ fn single_process_sync_normalises_and_keeps_gradients_in_buckets() {
             named.iter().for_each(|(_, t)| t.shallow_clone().zero_grad());
         }
         model.loss(update, 0..GLOBAL_BATCH).backward();
+        // Zeroed in place, the views survive and backward accumulates
+        // straight into the buckets (no copy at the sync); before the first
+        // sync and after a reset to none, no gradient is a view yet.
+        assert_eq!(sync.grads_in_buckets(), if update == 1 { 5 } else { 0 }, "update {update}, after backward");
         sync.sync(&pg, 4.0).unwrap();
         for ((name, p), want) in named.iter().zip(&want) {
             match want {

@@ -2,7 +2,7 @@
 //! gradient clipping, and the fp16 loss scaler.
 
 use elfin_trainer::optim::loss_scaler::default_scale_window;
-use elfin_trainer::optim::{clip_grad_norm, Adam, ClipRule, DynamicLossScaler, LossScalerState};
+use elfin_trainer::optim::{clip_grad_norm, Adam, AdamKernel, ClipRule, DynamicLossScaler, LossScalerState};
 use tch::{Kind, Tensor};
 
 fn param(values: &[f32]) -> Tensor {
@@ -220,4 +220,68 @@ fn adam_and_clipping_on_cuda_match_the_cpu() {
     for (a, b) in cpu_norms.iter().zip(&gpu_norms) {
         assert!((a - b).abs() <= 1e-5 * a.abs(), "norms {a} vs {b}");
     }
+}
+
+/// Parameters of awkward sizes (vector tails), one without a gradient, and
+/// their moments after `steps` Adam steps with weight decay and a changing
+/// LR, through the given kernel, as raw bits.
+fn adam_run_bits(kernel: AdamKernel, steps: usize) -> Vec<Vec<u32>> {
+    tch::manual_seed(11);
+    let sizes: [&[i64]; 6] = [&[7], &[33, 5], &[1], &[4, 3, 17], &[129], &[70_001]];
+    let named: Vec<(String, Tensor)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("p{i}"), Tensor::randn(*s, (Kind::Float, tch::Device::Cpu)).set_requires_grad(true)))
+        .collect();
+    let mut adam = Adam::with_hyperparameters(0.9, 0.98, 1e-8, 0.01);
+    adam.set_kernel(kernel);
+    for step in 0..steps {
+        for (i, (_, p)) in named.iter().enumerate() {
+            p.shallow_clone().zero_grad();
+            if i != 2 {
+                // Gradients spanning many magnitudes, so that the rounding of every operation shows.
+                let g = Tensor::randn(p.size(), (Kind::Float, tch::Device::Cpu))
+                    * Tensor::randn(p.size(), (Kind::Float, tch::Device::Cpu)).exp().pow_tensor_scalar(8.0);
+                (p * g).sum(Kind::Float).backward();
+            }
+        }
+        adam.step(&named, 1e-3 * (1.0 + step as f64) / 3.0).unwrap();
+    }
+    let bits = |t: &Tensor| {
+        let v = Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
+        v.into_iter().map(f32::to_bits).collect::<Vec<u32>>()
+    };
+    let state = adam.state();
+    named
+        .iter()
+        .flat_map(|(name, p)| {
+            let m = &state.moments[name];
+            [bits(p), bits(&m.exp_avg), bits(&m.exp_avg_sq)]
+        })
+        .collect()
+}
+
+#[test]
+fn fused_adam_gives_the_bits_of_the_tensor_op_adam() {
+    let tensor_ops = adam_run_bits(AdamKernel::TensorOps, 6);
+    let fused = adam_run_bits(AdamKernel::Fused, 6);
+    assert_eq!(fused.len(), tensor_ops.len());
+    for (i, (f, t)) in fused.iter().zip(&tensor_ops).enumerate() {
+        let differing = f.iter().zip(t).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differing,
+            0,
+            "tensor {i} (parameter {}, {}): {differing} of {} elements differ",
+            i / 3,
+            ["weights", "exp_avg", "exp_avg_sq"][i % 3],
+            f.len()
+        );
+    }
+    // Split over threads (pieces of the large parameter), the same bits.
+    tch::set_num_threads(2);
+    let threaded = adam_run_bits(AdamKernel::Fused, 6);
+    tch::set_num_threads(1);
+    assert!(threaded == tensor_ops, "the fused kernel on 2 threads gives other bits");
+    // A different run (one step fewer) differs, so the comparison has teeth.
+    assert_ne!(adam_run_bits(AdamKernel::Fused, 5)[0], fused[0]);
 }

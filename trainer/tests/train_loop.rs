@@ -261,3 +261,24 @@ fn a_pt_restore_file_uses_its_converted_twin_or_says_how_to_convert_it() {
     let out = run_trainer(&train_args(&data, &tmp.path().join("b"), &["--max-update=1", &restore]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("restoring from"));
 }
+
+#[test]
+fn bf16_on_the_cpu_trains_close_to_fp32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth_caption(tmp.path());
+    let (fp32, bf16) = (tmp.path().join("fp32"), tmp.path().join("bf16"));
+    run_trainer(&train_args(&data, &fp32, &["--max-update=3"]));
+    let out = run_trainer(&train_args(&data, &bf16, &["--max-update=3", "--bf16"]));
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(log.contains("on Cpu (Bf16)"), "the run should say it trains in bf16 on the CPU:\n{log}");
+    let losses = |dir: &std::path::Path| -> Vec<f64> {
+        train_records(dir).iter().map(|r| r["loss"].as_f64().expect("a loss")).collect()
+    };
+    let (a, b) = (losses(&fp32), losses(&bf16));
+    assert_eq!(a.len(), 3);
+    // bf16 matrix products round differently (so autocast is on), but only a little.
+    assert_ne!(a[0], b[0], "the first loss is fp32's: autocast did not act");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 0.03 * x.abs(), "fp32 losses {a:?}, bf16 losses {b:?}");
+    }
+}

@@ -34,7 +34,7 @@ pub struct ForwardArgs {
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Numeric precision: fp32, or autocast to fp16 or bf16 (CUDA only).
+    /// Numeric precision: fp32, or autocast to fp16 (CUDA only) or bf16 (CUDA or CPU).
     #[arg(long, value_enum, default_value_t = Precision::Fp32)]
     pub precision: Precision,
 }

@@ -123,12 +123,13 @@ impl TrainArgs {
         }
     }
 
-    /// The autocast precision `--fp16` / `--bf16` ask for; on the CPU both
-    /// fall back to fp32 (the presets pass --fp16 and the CPU demo overrides it).
+    /// The autocast precision `--fp16` / `--bf16` ask for; on the CPU
+    /// `--fp16` falls back to fp32 (the presets pass --fp16 and the CPU demo
+    /// overrides it) and `--bf16` is CPU bf16 autocast.
     pub fn precision(&self, device: Device) -> Precision {
         match (device.is_cuda(), self.optim.fp16, self.optim.bf16) {
             (true, true, _) => Precision::Fp16,
-            (true, _, true) => Precision::Bf16,
+            (_, _, true) => Precision::Bf16,
             _ => Precision::Fp32,
         }
     }
