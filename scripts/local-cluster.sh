@@ -25,7 +25,7 @@ SUBNET=10.77.0
 SELF=$(readlink -f "$0")
 
 die() { printf 'local-cluster: %s\n' "$*" >&2; exit 2; }
-usage() { sed -n '7,20p' "$SELF" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '/^#   local-cluster.sh up/,/^# Exit status/p' "$SELF" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [ $# -ge 2 ] || usage
 cmd=$1; shift
@@ -51,6 +51,7 @@ node_count() { [ -f "$DIR/cluster.env" ] && sed -n 's/^nodes=//p' "$DIR/cluster.
 check_node() {
   local node=$1 n
   n=$(node_count)
+  [ "$n" -gt 0 ] || die "no cluster at $DIR: run '$0 up $DIR' first"
   [[ $node =~ ^node([0-9]+)$ ]] && [ "${BASH_REMATCH[1]}" -ge 1 ] && [ "${BASH_REMATCH[1]}" -le "$n" ] \
     || die "no node '$node' in the cluster at $DIR (it has node1..node$n; run 'up' first?)"
   ip netns list | grep -q "^$(ns "$node")\b" || die "$node's namespace is gone; run '$0 up $DIR' again"
