@@ -121,8 +121,13 @@ up() {
         die "--delay-us needs the kernel's netem qdisc (sch_netem), which this kernel lacks (modprobe sch_netem failed?); drop --delay-us, or use a kernel with netem"
       }
     elif [ -n "$rate" ]; then
-      # A burst of 10 ms at the rate (at least 64 KB) keeps tbf from starving fast links.
-      ip netns exec "$(ns $node)" tc qdisc add dev eth0 root tbf rate "$rate" burst 16mb latency 100ms \
+      # A burst of 1 ms at the rate (at least 64 KB): a larger one would let
+      # a good part of a message through faster than the rate.
+      local burst
+      burst=$(awk -v r="$rate" 'BEGIN { match(r, /^[0-9.]+/); v = substr(r, 1, RLENGTH); u = substr(r, RLENGTH + 1);
+        m = (u ~ /^k/) ? 1e3 : (u ~ /^m/) ? 1e6 : (u ~ /^g/) ? 1e9 : 1; if (u ~ /bit$/) m /= 8;
+        b = v * m / 1000; printf "%d", (b < 65536 ? 65536 : b) }')
+      ip netns exec "$(ns $node)" tc qdisc add dev eth0 root tbf rate "$rate" burst "$burst" latency 100ms \
         || { down; die "tc could not limit the link to $rate"; }
     fi
     mkdir -p "/etc/netns/$(ns $node)" "$DIR/nodes/$node/tmp"
