@@ -380,7 +380,7 @@ fn two_cpu_ranks_run_with_one_log_each_and_rank_0_on_the_console() {
     assert!(stderr.contains("stderr of rank 0") && !stderr.contains("stderr of rank 1"), "{stderr}");
     assert!(stderr.contains("all 2 ranks finished"), "{stderr}");
     for rank in 0..2 {
-        let log = std::fs::read_to_string(sb.path(&format!("logs/rank-{rank}.log"))).unwrap();
+        let log = std::fs::read_to_string(sb.path(&format!("logs/rank-{rank}-{}.log", hostname()))).unwrap();
         assert!(log.contains(&format!("rank={rank} ")) && log.contains(&format!("stderr of rank {rank}")), "{log}");
         assert!(log.contains("port=1051 threads=") && log.contains("--arch=ofa_micro"), "{log}");
     }
