@@ -80,7 +80,9 @@ impl Report {
     /// trainer's output, so a report may follow a partial line of it.
     pub fn parse(line: &str) -> Option<Report> {
         let line = line.trim_end();
-        for (marker, kind) in [(READY_MARKER, Report::Ready as fn(RankReady) -> Report), (STOPPING_MARKER, Report::Stopping)] {
+        for (marker, kind) in
+            [(READY_MARKER, Report::Ready as fn(RankReady) -> Report), (STOPPING_MARKER, Report::Stopping)]
+        {
             if let Some(at) = line.find(marker) {
                 let (fields, _) = fields(&line[at + marker.len()..]);
                 let get = |k: &str| fields.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
@@ -102,7 +104,11 @@ impl Report {
 
     /// The text before the report on its line (output of rank 0's trainer), if any.
     pub fn text_before(line: &str) -> &str {
-        let at = [READY_MARKER, STOPPING_MARKER, EXIT_MARKER].iter().filter_map(|m| line.find(m)).min().unwrap_or(line.len());
+        let at = [READY_MARKER, STOPPING_MARKER, EXIT_MARKER]
+            .iter()
+            .filter_map(|m| line.find(m))
+            .min()
+            .unwrap_or(line.len());
         &line[..at]
     }
 }

@@ -196,7 +196,8 @@ pub fn run_rank(log_dir: &Path, trainer: &[String]) -> Result<ExitCode> {
         Vec::new()
     };
     let me = RankReady { rank: mpi.rank, host: host.clone() };
-    let status = wait_reporting(&mut child, pid, || eprintln!("{}", me.line()), || eprintln!("{}", me.stopping_line()))?;
+    let status =
+        wait_reporting(&mut child, pid, || eprintln!("{}", me.line()), || eprintln!("{}", me.stopping_line()))?;
     for copy in copies {
         let _ = copy.join();
     }

@@ -51,7 +51,11 @@ fn options() -> Result<Options> {
             "--bucket-cap-mb" => o.bucket_cap_mb = value()?.parse()?,
             "--sweep-mb" => {
                 let list = value()?;
-                o.sweep_mb = list.split(',').filter(|v| !v.is_empty()).map(str::parse).collect::<Result<_, _>>()
+                o.sweep_mb = list
+                    .split(',')
+                    .filter(|v| !v.is_empty())
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
                     .with_context(|| format!("--sweep-mb {list}: expected sizes in MB separated by commas"))?;
             }
             "--link-rate-gbit" => o.link_rate_gbit = Some(value()?.parse()?),
@@ -160,8 +164,9 @@ fn bench(world: &World) -> Result<()> {
             Ok(())
         }
     };
-    let bucketed =
-        |mb: f64| GradSync::new(params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect(), (mb * 1e6) as usize);
+    let bucketed = |mb: f64| {
+        GradSync::new(params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect(), (mb * 1e6) as usize)
+    };
     let mut sync = bucketed(o.bucket_cap_mb)?;
     let mut grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).collect();
     if world.is_main() {

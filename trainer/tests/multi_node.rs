@@ -81,7 +81,11 @@ impl Cluster {
     fn launch(&self, dir: &Path, extra: &[&str]) -> Command {
         let mut cmd = Command::new(CLUSTER_SCRIPT);
         cmd.arg("run").arg(&self.dir).arg("--").arg(launcher());
-        cmd.args(["launch", "--preset"]).arg(&setup().preset).arg("--cpu").arg("--hostfile").arg(self.dir.join("hostfile"));
+        cmd.args(["launch", "--preset"])
+            .arg(&setup().preset)
+            .arg("--cpu")
+            .arg("--hostfile")
+            .arg(self.dir.join("hostfile"));
         cmd.args(extra);
         in_dir(cmd, dir)
     }
@@ -128,7 +132,10 @@ fn run_ok(mut cmd: Command, dir: &Path) {
 /// Largest difference of the trained parameters, the BatchNorm running
 /// statistics aside (each rank's come from its own batches; rank 0's are saved).
 fn param_diff(a: &Path, b: &Path) -> f32 {
-    let (a, b) = (model_tensors(&a.join("run/checkpoint_last.safetensors")), model_tensors(&b.join("run/checkpoint_last.safetensors")));
+    let (a, b) = (
+        model_tensors(&a.join("run/checkpoint_last.safetensors")),
+        model_tensors(&b.join("run/checkpoint_last.safetensors")),
+    );
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     a.iter()
         .filter(|(name, _)| !name.contains(".running_"))
