@@ -50,5 +50,5 @@ echo
 echo "== elfin demo done in $((SECONDS - start)) s"
 printf '%s\n' "${summary[@]}"
 echo "checkpoints and metrics.jsonl: $dir/demo_checkpoints/{caption_el,refcoco_el}/"
-echo "per-rank logs:                 $dir/demo_logs/rank-N.log"
+echo "per-rank logs:                 $dir/demo_logs/rank-N-HOST.log"
 echo "report (plots, predictions):   $dir/report.html"

@@ -64,7 +64,7 @@ pub struct LaunchArgs {
     /// Run on the CPU even where GPUs are visible.
     #[arg(long)]
     pub cpu: bool,
-    /// Where each rank writes rank-N.log (default: the preset's log_dir, else ./logs).
+    /// Where each rank writes rank-N-HOST.log (default: the preset's log_dir, else ./logs).
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
     /// Print the plan and the command, have the trainer check its command
@@ -93,7 +93,7 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
 
 #[derive(Args, Debug)]
 pub struct RankArgs {
-    /// The directory of the rank-N.log files.
+    /// The directory of the rank-N-HOST.log files.
     #[arg(long, value_name = "DIR")]
     pub log_dir: PathBuf,
     /// The trainer's command line.

@@ -133,7 +133,7 @@ pub const TRAIN_FLAGS: &[TrainFlag] = &[
 /// The variables the launcher itself reads; they map to no trainer flag.
 pub const LAUNCHER_VARIABLES: &[(&str, &str)] = &[
     ("DATA_ROOT", "the directory data and checkpoint paths are under (--data-root, ELFIN_DATA_ROOT)"),
-    ("log_dir", "where rank-N.log files go unless --log-dir is given"),
+    ("log_dir", "where rank-N-HOST.log files go unless --log-dir is given"),
     ("synth_task", "with synth_dir: make synthetic data of this task when synth_dir lacks it"),
     ("synth_dir", "the directory `elfin-train synth --task synth_task --out synth_dir` fills"),
     ("CUDA_VISIBLE_DEVICES", "the GPUs a node's ranks use, one rank each"),

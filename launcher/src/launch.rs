@@ -6,7 +6,6 @@ use crate::mpirun::{check_command, forwarded_from_env, mpirun_command, Job};
 use crate::plan::{make_plan, read_hostfile, visible_gpus, Device, NodeInfo, Plan, PlanRequest};
 use crate::preset::resolve::{resolve, Catalog, ResolveOptions, Resolved};
 use crate::quote::shell_join;
-use crate::run::rank_log;
 use crate::stop;
 use crate::supervise::{supervise, Supervision};
 use anyhow::{bail, Context, Result};
@@ -178,7 +177,7 @@ fn print_plan(resolved: &Resolved, plan: &Plan, log_dir: &Path, hostfile: Option
         "ranks:   {} in all, up to {} per node{over}, {} thread(s) each",
         plan.total_ranks, plan.max_ranks_per_node, plan.threads_per_rank
     );
-    println!("logs:    {} (rank 0 also on the console)", rank_log(log_dir, 0).with_file_name("rank-N.log").display());
+    println!("logs:    {} (rank 0 also on the console)", log_dir.join("rank-N-HOST.log").display());
 }
 
 /// Inside an MPI job each launched `elfin` becomes its rank's trainer.

@@ -17,7 +17,7 @@ enum Command {
     Presets(cli::PresetsArgs),
     /// Run a preset: one elfin-train rank per GPU (or CPU slot) on each node, through mpirun.
     Launch(cli::LaunchArgs),
-    /// One rank under mpirun: runs the trainer with its output in LOG_DIR/rank-N.log (started by `launch`).
+    /// One rank under mpirun: runs the trainer with its output in LOG_DIR/rank-N-HOST.log (started by `launch`).
     #[command(hide = true)]
     Rank(cli::RankArgs),
     /// Write one self-contained HTML page with the curves and validation samples of one or more runs.

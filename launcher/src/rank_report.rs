@@ -6,8 +6,11 @@ use crate::stop::signal_name;
 
 const READY_MARKER: &str = "@elfin-rank-ready";
 const EXIT_MARKER: &str = "@elfin-rank-exit";
+const STOPPING_MARKER: &str = "@elfin-rank-stopping";
 
-/// A rank's trainer handles stop requests from now on.
+/// A rank's trainer handles stop requests from now on (`ready`), or its
+/// wrapper got a stop signal (`stopping`: it was alive then, whatever
+/// happened to it next).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RankReady {
     pub rank: u32,
@@ -31,12 +34,17 @@ pub struct RankExit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
     Ready(RankReady),
+    Stopping(RankReady),
     Exit(RankExit),
 }
 
 impl RankReady {
     pub fn line(&self) -> String {
         format!("{READY_MARKER} rank={} host={}", self.rank, self.host)
+    }
+
+    pub fn stopping_line(&self) -> String {
+        format!("{STOPPING_MARKER} rank={} host={}", self.rank, self.host)
     }
 }
 
@@ -72,10 +80,14 @@ impl Report {
     /// trainer's output, so a report may follow a partial line of it.
     pub fn parse(line: &str) -> Option<Report> {
         let line = line.trim_end();
-        if let Some(at) = line.find(READY_MARKER) {
-            let (fields, _) = fields(&line[at + READY_MARKER.len()..]);
-            let get = |k: &str| fields.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
-            return Some(Report::Ready(RankReady { rank: get("rank")?.parse().ok()?, host: get("host")?.to_string() }));
+        for (marker, kind) in
+            [(READY_MARKER, Report::Ready as fn(RankReady) -> Report), (STOPPING_MARKER, Report::Stopping)]
+        {
+            if let Some(at) = line.find(marker) {
+                let (fields, _) = fields(&line[at + marker.len()..]);
+                let get = |k: &str| fields.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+                return Some(kind(RankReady { rank: get("rank")?.parse().ok()?, host: get("host")?.to_string() }));
+            }
         }
         let at = line.find(EXIT_MARKER)?;
         let (fields, log) = fields(&line[at + EXIT_MARKER.len()..]);
@@ -92,7 +104,11 @@ impl Report {
 
     /// The text before the report on its line (output of rank 0's trainer), if any.
     pub fn text_before(line: &str) -> &str {
-        let at = [READY_MARKER, EXIT_MARKER].iter().filter_map(|m| line.find(m)).min().unwrap_or(line.len());
+        let at = [READY_MARKER, STOPPING_MARKER, EXIT_MARKER]
+            .iter()
+            .filter_map(|m| line.find(m))
+            .min()
+            .unwrap_or(line.len());
         &line[..at]
     }
 }
@@ -130,6 +146,8 @@ mod tests {
         let line = format!("partial trainer output{}", ready.line());
         assert_eq!(Report::parse(&line), Some(Report::Ready(ready)));
         assert_eq!(Report::text_before(&line), "partial trainer output");
+        let stopping = RankReady { rank: 2, host: "node1".into() };
+        assert_eq!(Report::parse(&stopping.stopping_line()), Some(Report::Stopping(stopping)));
         assert_eq!(Report::parse("rank 3 said something"), None);
     }
 }

@@ -7,7 +7,7 @@ use crate::mpirun::CommandLine;
 use crate::rank_report::{host_name, RankExit, RankReady, Report};
 use crate::stop;
 use anyhow::{Context, Result};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -23,8 +23,9 @@ pub const ATTEMPT_ENV: &str = "ELFIN_ATTEMPT";
 /// The trainer's exit status after a stop that saved `checkpoint_last`.
 pub const EXIT_PREEMPTED: i32 = 75;
 
-pub fn rank_log(log_dir: &Path, rank: u32) -> PathBuf {
-    log_dir.join(format!("rank-{rank}.log"))
+/// `LOG_DIR/rank-N-HOST.log`: on a shared log dir, which node a rank ran on shows in its name.
+pub fn rank_log(log_dir: &Path, rank: u32, host: &str) -> PathBuf {
+    log_dir.join(format!("rank-{rank}-{host}.log"))
 }
 
 /// Asks for this process to be killed with `sig` when the thread that started it ends.
@@ -47,8 +48,11 @@ fn now_ns() -> u128 {
 pub struct Attempt {
     /// mpirun's own exit code.
     pub mpirun_code: i32,
-    /// Ranks whose trainer got as far as handling stop requests.
-    pub ready: BTreeSet<u32>,
+    /// Ranks whose trainer got as far as handling stop requests, with their hosts.
+    pub ready: BTreeMap<u32, String>,
+    /// Ranks whose wrapper got a stop signal (from the launcher, a scheduler, or mpirun
+    /// killing the job), with their hosts: they were alive when the job began to end.
+    pub stopping: BTreeMap<u32, String>,
     /// Every rank's end, as its wrapper reported it (in the order they came).
     pub exits: Vec<RankExit>,
 }
@@ -73,7 +77,8 @@ pub fn run_attempt(mpirun: &CommandLine, ranks: usize) -> Result<Attempt> {
     stop::set_kill_target(-pid);
     let stderr = child.stderr.take().context("mpirun's stderr")?;
     let reader = std::thread::spawn(move || {
-        let mut ready = BTreeSet::new();
+        let mut ready = BTreeMap::new();
+        let mut stopping = BTreeMap::new();
         let mut exits: Vec<RankExit> = Vec::new();
         let mut reader = BufReader::new(stderr);
         let mut buf = Vec::new();
@@ -87,13 +92,16 @@ pub fn run_attempt(mpirun: &CommandLine, ranks: usize) -> Result<Attempt> {
                     }
                     match report {
                         Report::Ready(r) => {
-                            ready.insert(r.rank);
+                            ready.insert(r.rank, r.host);
+                        }
+                        Report::Stopping(r) => {
+                            stopping.insert(r.rank, r.host);
                         }
                         Report::Exit(e) => exits.push(e),
                     }
                     // A stop goes to mpirun only once every rank can take it:
                     // until then, the forwarded SIGUSR1 would kill a rank.
-                    let settled: BTreeSet<u32> = ready.iter().copied().chain(exits.iter().map(|e| e.rank)).collect();
+                    let settled: BTreeSet<u32> = ready.keys().copied().chain(exits.iter().map(|e| e.rank)).collect();
                     if settled.len() >= ranks {
                         stop::set_target(pid);
                     }
@@ -106,16 +114,16 @@ pub fn run_attempt(mpirun: &CommandLine, ranks: usize) -> Result<Attempt> {
             }
             buf.clear();
         }
-        (ready, exits)
+        (ready, stopping, exits)
     });
     let status = child.wait().context("waiting for mpirun")?;
     stop::set_target(0);
-    let (ready, exits) = reader.join().unwrap_or_default();
-    Ok(Attempt { mpirun_code: exit_code(status), ready, exits })
+    let (ready, stopping, exits) = reader.join().unwrap_or_default();
+    Ok(Attempt { mpirun_code: exit_code(status), ready, stopping, exits })
 }
 
 /// The per-rank wrapper mpirun starts on every slot: runs the trainer with
-/// its output in `LOG_DIR/rank-N.log` (rank 0's also on the console), passes
+/// its output in `LOG_DIR/rank-N-HOST.log` (rank 0's also on the console), passes
 /// stop requests on once the trainer handles them, and reports to the
 /// launcher. It exits 0 when the trainer saved and stopped (75), so that
 /// mpirun does not abort the ranks that are still saving.
@@ -126,7 +134,7 @@ pub fn run_rank(log_dir: &Path, trainer: &[String]) -> Result<ExitCode> {
     die_with_parent(libc::SIGKILL);
     let host = host_name();
     std::fs::create_dir_all(log_dir).with_context(|| format!("creating log dir {}", log_dir.display()))?;
-    let log_path = rank_log(log_dir, mpi.rank);
+    let log_path = rank_log(log_dir, mpi.rank, &host);
     let attempt: u32 = std::env::var(ATTEMPT_ENV).ok().and_then(|a| a.parse().ok()).unwrap_or(0);
     let mut log = if attempt == 0 {
         File::create(&log_path)
@@ -187,9 +195,9 @@ pub fn run_rank(log_dir: &Path, trainer: &[String]) -> Result<ExitCode> {
     } else {
         Vec::new()
     };
-    let status = wait_reporting_ready(&mut child, pid, || {
-        eprintln!("{}", RankReady { rank: mpi.rank, host: host.clone() }.line());
-    })?;
+    let me = RankReady { rank: mpi.rank, host: host.clone() };
+    let status =
+        wait_reporting(&mut child, pid, || eprintln!("{}", me.line()), || eprintln!("{}", me.stopping_line()))?;
     for copy in copies {
         let _ = copy.join();
     }
@@ -203,19 +211,25 @@ pub fn run_rank(log_dir: &Path, trainer: &[String]) -> Result<ExitCode> {
 }
 
 /// Waits for the trainer; once it handles stop requests, makes it the
-/// target of ours and calls `ready` (once).
-fn wait_reporting_ready(child: &mut Child, pid: i32, ready: impl Fn()) -> Result<ExitStatus> {
+/// target of ours and calls `ready` (once); calls `stopping` (once) when a
+/// stop signal comes, at once: mpirun's own SIGTERM is followed by a SIGKILL.
+fn wait_reporting(child: &mut Child, pid: i32, ready: impl Fn(), stopping: impl Fn()) -> Result<ExitStatus> {
     let mut is_ready = false;
+    let mut is_stopping = false;
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(status);
+        }
+        if !is_stopping && stop::requested().is_some() {
+            is_stopping = true;
+            stopping();
         }
         if !is_ready && stop::ready_for_stop(pid) {
             is_ready = true;
             stop::set_target(pid);
             ready();
         }
-        std::thread::sleep(Duration::from_millis(if is_ready { 100 } else { 10 }));
+        std::thread::sleep(Duration::from_millis(if is_ready { 20 } else { 10 }));
     }
 }
 

@@ -8,6 +8,7 @@ use crate::rank_report::RankExit;
 use crate::run::{run_attempt, Attempt, ATTEMPT_ENV, EXIT_PREEMPTED};
 use crate::stop::{self, signal_name};
 use anyhow::{Context, Result};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -139,12 +140,46 @@ fn last_checkpoint(save_dir: Option<&Path>) -> String {
     }
 }
 
-/// The message and exit code of a failed attempt.
+/// Ranks that were running but ended without a word, by host: their
+/// wrappers died with them, as when a whole node (or its Open MPI daemon)
+/// goes. (The ranks mpirun then kills say `stopping` first.)
+fn silent_ranks(attempt: &Attempt) -> BTreeMap<&str, Vec<u32>> {
+    let mut by_host: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (rank, host) in &attempt.ready {
+        if !attempt.exits.iter().any(|e| e.rank == *rank) && !attempt.stopping.contains_key(rank) {
+            by_host.entry(host.as_str()).or_default().push(*rank);
+        }
+    }
+    by_host
+}
+
+/// The message and exit code of a failed attempt. Ranks lost without a
+/// report come first: a rank that fails by itself reports, so they are the
+/// likely cause of the others' failures.
 fn failure(first: Option<&RankExit>, attempt: &Attempt, log_dir: &Path) -> (String, u8) {
-    match first {
-        Some(exit) => (format!("{}; its log: {}", exit.describe(), exit.log), exit.code.clamp(1, 255) as u8),
+    let lost: Vec<String> = silent_ranks(attempt)
+        .iter()
+        .map(|(host, ranks)| {
+            let list: Vec<String> = ranks.iter().map(u32::to_string).collect();
+            let noun = if ranks.len() == 1 { "rank" } else { "ranks" };
+            format!("{noun} {} on {host}", list.join(", "))
+        })
+        .collect();
+    let code = first.map_or(attempt.mpirun_code, |e| e.code).clamp(1, 255) as u8;
+    let first_text = first.map(|e| format!("{}; its log: {}", e.describe(), e.log));
+    if !lost.is_empty() {
+        let then = first_text.map(|t| format!("; then {t}")).unwrap_or_default();
+        let message = format!(
+            "lost {}: ended without a report (the node went down, or its Open MPI daemon died) \
+             (logs in {}){then}",
+            lost.join(" and "),
+            log_dir.display()
+        );
+        return (message, code);
+    }
+    match first_text {
+        Some(text) => (text, code),
         None => {
-            let code = attempt.mpirun_code.clamp(1, 255) as u8;
             let missing = attempt.exits.len() < attempt.ready.len().max(1);
             let what = if missing { "with ranks that never reported" } else { "before any rank reported" };
             (
@@ -213,14 +248,18 @@ fn record_restart(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
 
     fn exit(rank: u32, code: i32, at_ns: u128) -> RankExit {
         RankExit { rank, host: "h".into(), code, signal: 0, at_ns, log: format!("rank-{rank}.log") }
     }
 
     fn attempt(mpirun_code: i32, exits: Vec<RankExit>) -> Attempt {
-        Attempt { mpirun_code, ready: exits.iter().map(|e| e.rank).collect::<BTreeSet<_>>(), exits }
+        Attempt {
+            mpirun_code,
+            ready: exits.iter().map(|e| (e.rank, e.host.clone())).collect(),
+            stopping: Default::default(),
+            exits,
+        }
     }
 
     #[test]
@@ -231,5 +270,16 @@ mod tests {
         let failed = outcome(&attempt(3, vec![exit(0, 143, 5), exit(1, 3, 2)]), 2);
         assert_eq!(failed, Outcome::Failed(Some(exit(1, 3, 2))), "the first failure by time");
         assert_eq!(outcome(&attempt(0, vec![exit(0, 0, 1)]), 2), Outcome::Failed(None), "a rank never reported");
+    }
+
+    #[test]
+    fn ranks_lost_with_their_node_are_named_first() {
+        let mut lost = attempt(1, vec![exit(0, 1, 9)]);
+        lost.ready.extend([(1, "node2".to_string()), (2, "node2".to_string()), (3, "node1".to_string())]);
+        lost.stopping.insert(3, "node1".to_string());
+        let (message, code) = failure(Some(&lost.exits[0]), &lost, Path::new("logs"));
+        assert!(message.starts_with("lost ranks 1, 2 on node2: ended without a report"), "{message}");
+        assert!(message.contains("; then rank 0 on h exited with code 1"), "{message}");
+        assert_eq!(code, 1);
     }
 }

@@ -380,7 +380,7 @@ fn two_cpu_ranks_run_with_one_log_each_and_rank_0_on_the_console() {
     assert!(stderr.contains("stderr of rank 0") && !stderr.contains("stderr of rank 1"), "{stderr}");
     assert!(stderr.contains("all 2 ranks finished"), "{stderr}");
     for rank in 0..2 {
-        let log = std::fs::read_to_string(sb.path(&format!("logs/rank-{rank}.log"))).unwrap();
+        let log = std::fs::read_to_string(sb.path(&format!("logs/rank-{rank}-{}.log", hostname()))).unwrap();
         assert!(log.contains(&format!("rank={rank} ")) && log.contains(&format!("stderr of rank {rank}")), "{log}");
         assert!(log.contains("port=1051 threads=") && log.contains("--arch=ofa_micro"), "{log}");
     }
@@ -399,7 +399,7 @@ fn a_failing_rank_gives_its_exit_code_and_names_its_log() {
         "logs",
     ]));
     assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
-    let log = sb.path("logs/rank-1.log");
+    let log = sb.path(&format!("logs/rank-1-{}.log", hostname()));
     let named = format!("rank 1 on {} exited with code 3; its log: {}", hostname(), log.display());
     assert!(stderr.contains(&named), "{stderr}");
     assert!(std::fs::read_to_string(log).unwrap().contains("stderr of rank 1"));
@@ -441,7 +441,7 @@ fn max_restarts_relaunches_a_failing_job_and_records_each_restart() {
         assert_eq!((r["rank"].as_u64(), r["exit_code"].as_i64()), (Some(1), Some(3)), "{r}");
         assert!(r["cause"].as_str().unwrap().starts_with(&cause), "{r}");
     }
-    let log = std::fs::read_to_string(sb.path("demo_logs/rank-1.log")).unwrap();
+    let log = std::fs::read_to_string(sb.path(&format!("demo_logs/rank-1-{}.log", hostname()))).unwrap();
     assert_eq!(log.matches("stderr of rank 1").count(), 3, "a restarted rank appends to its log: {log}");
 }
 

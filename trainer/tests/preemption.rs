@@ -143,6 +143,17 @@ fn kill(pid: i32, sig: i32) {
     unsafe { libc::kill(pid, sig) };
 }
 
+/// Once the job in `dir` has logged `updates` updates, SIGKILLs rank 1's trainer.
+fn kill_rank_1_after(job: &Child, dir: &Path, updates: u64) {
+    let start = Instant::now();
+    while logged_updates(&dir.join("run")) < updates {
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress: {}", console(dir));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let victim = trainer_of_rank(job.id() as i32, 1).expect("rank 1's elfin-train is running");
+    kill(victim, libc::SIGKILL);
+}
+
 fn logged_updates(run: &Path) -> u64 {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
     text.lines()
@@ -225,14 +236,8 @@ fn a_rank_killed_mid_run_restarts_the_job_from_checkpoint_last_and_ends_the_same
     std::fs::create_dir(&dir).unwrap();
     let run = dir.join("run");
     let mut job = launch(&dir, &setup.preset, &["--max-restarts", "2", "--restart-delay", "0"]).spawn().unwrap();
-    let start = Instant::now();
     // After the checkpoint of update 10, before the next one.
-    while logged_updates(&run) < 14 {
-        assert!(start.elapsed() < Duration::from_secs(120), "no progress: {}", console(&dir));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let victim = trainer_of_rank(job.id() as i32, 1).expect("rank 1's elfin-train is running");
-    kill(victim, libc::SIGKILL);
+    kill_rank_1_after(&job, &dir, 14);
     let code = wait_exit(&mut job, Duration::from_secs(300), &dir);
     let text = console(&dir);
     assert_eq!(code, Some(0), "{text}");
@@ -253,13 +258,7 @@ fn without_restarts_a_killed_rank_ends_the_job_within_30_s_naming_the_rank() {
     let dir = setup.root.join("killed-once");
     std::fs::create_dir(&dir).unwrap();
     let mut job = launch(&dir, &setup.preset, &["--max-restarts", "0"]).spawn().unwrap();
-    let start = Instant::now();
-    while logged_updates(&dir.join("run")) < 3 {
-        assert!(start.elapsed() < Duration::from_secs(120), "no progress: {}", console(&dir));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let victim = trainer_of_rank(job.id() as i32, 1).expect("rank 1's elfin-train is running");
-    kill(victim, libc::SIGKILL);
+    kill_rank_1_after(&job, &dir, 3);
     let killed = Instant::now();
     let code = wait_exit(&mut job, Duration::from_secs(30), &dir);
     assert!(killed.elapsed() < Duration::from_secs(30));

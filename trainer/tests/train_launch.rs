@@ -39,8 +39,9 @@ fn a_preset_runs_a_few_updates_on_two_ranks() {
         .collect();
     assert_eq!(valid.last().unwrap()["num_updates"], 3, "{text}");
     assert!(valid.last().unwrap()["cider"].is_number());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     for rank in 0..2 {
-        let log = root.path().join(format!("demo_logs/rank-{rank}.log"));
+        let log = root.path().join(format!("demo_logs/rank-{rank}-{}.log", host.trim()));
         assert!(log.exists(), "{} missing", log.display());
     }
 }
