@@ -93,8 +93,9 @@ MpiDefault=pmix
 ReturnToService=2
 # A node with more CPUs in the config than it has is not drained for it.
 SlurmdParameters=config_overrides
-# A stopped job's steps get KillWait seconds after SIGTERM before SIGKILL.
-KillWait=60
+# A stopped job's steps get KillWait seconds after SIGTERM before SIGKILL
+# (Slurm's default, and what most clusters keep).
+KillWait=30
 MinJobAge=600
 SchedulerType=sched/backfill
 SchedulerParameters=defer_batch

@@ -7,7 +7,7 @@
 set -euo pipefail
 
 TORCH_VERSION=2.11.0
-APT_PACKAGES=(libopenmpi-dev openmpi-bin libclang-dev pkg-config chromium gcc g++ make)
+APT_PACKAGES=(libopenmpi-dev openmpi-bin libclang-dev pkg-config chromium gcc g++ make slurm-wlm munge)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
