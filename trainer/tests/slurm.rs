@@ -104,7 +104,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new("bash").arg(repo_script()).arg("down").arg(&self.dir).status();
+        let _ = Command::new("bash").arg(repo_script()).arg("down").arg(&self.dir).output();
     }
 }
 
@@ -153,7 +153,7 @@ fn job_dir(name: &str, sbatch_options: &[&str], launch_options: &str) -> (PathBu
         &script,
         format!(
             "#!/bin/bash\n#SBATCH --ntasks=2\n#SBATCH --requeue\n#SBATCH --open-mode=append\n#SBATCH --output=job.out\n\
-             {options}{} launch --preset {} --cpu {launch_options}\n",
+             {options}exec {} launch --preset {} --cpu {launch_options}\n",
             launcher().display(),
             setup().preset.display()
         ),
@@ -180,7 +180,7 @@ fn assert_stopped(cluster: &Cluster, id: &str, dir: &Path, max_update: u64) {
     let (state, code) = cluster.wait_end(id, Duration::from_secs(120), dir);
     let text = output(dir);
     assert_eq!(code, "75:0", "job {id} ended {state}, not with the preemption status 75:\n{text}");
-    assert!(text.contains("stopped by SIGTERM after saving"), "{text}");
+    assert!(text.contains("stopped by SIGTERM"), "{text}");
     let last = dir.join("run/checkpoint_last.safetensors");
     assert!(!all_tensors(&last).is_empty(), "{} is empty", last.display());
     assert!(logged_updates(&dir.join("run")) < max_update, "the run ended before the stop:\n{text}");
@@ -248,6 +248,22 @@ fn a_time_limit_with_signal_term_saves_exits_75_and_a_new_sbatch_resumes() {
     assert!(output(&dir).contains("resuming from ./run/checkpoint_last.safetensors"), "{}", output(&dir));
     cluster.run("scancel", &["--signal=TERM", &id]);
     assert_stopped(&cluster, &id, &dir, long);
+}
+
+#[test]
+fn usr1_to_the_whole_job_stops_it_as_term_to_its_steps_does() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // srun answers SIGTERM by killing its step, but passes SIGUSR1 on to the
+    // tasks: with `exec elfin launch` the batch step is srun itself.
+    let (dir, cluster, script) = job_dir("usr1-full", &[], "");
+    let id = cluster.sbatch(&dir, &script);
+    wait_for_update(&dir.join("run"), 3, &dir);
+    cluster.run("scancel", &["--signal=USR1", "--full", &id]);
+    let (state, code) = cluster.wait_end(&id, Duration::from_secs(120), &dir);
+    let text = output(&dir);
+    assert_eq!(code, "75:0", "job {id} ended {state}, not with the preemption status 75:\n{text}");
+    assert!(text.contains("stopped by SIGUSR1"), "{text}");
+    assert!(!all_tensors(&dir.join("run/checkpoint_last.safetensors")).is_empty());
 }
 
 /// The elfin-train process of task `task` of Slurm job `id`, once it runs.
