@@ -64,7 +64,10 @@ mod tests {
         assert_eq!(allocation(&env_of(&[])), None);
         let batch = env_of(&[("SLURM_JOB_ID", "7"), ("SLURM_NTASKS", "2"), ("SLURM_JOB_NODELIST", "n[1-2]")]);
         let found = allocation(&batch).unwrap();
-        assert_eq!((found.job_id.as_str(), found.tasks.as_deref(), found.nodes.as_deref()), ("7", Some("2"), Some("n[1-2]")));
+        assert_eq!(
+            (found.job_id.as_str(), found.tasks.as_deref(), found.nodes.as_deref()),
+            ("7", Some("2"), Some("n[1-2]"))
+        );
         assert_eq!(allocation(&env_of(&[("SLURM_JOB_ID", "7"), ("SLURM_STEP_ID", "0")])), None);
     }
 

@@ -52,11 +52,7 @@ impl Cluster {
     /// Runs a Slurm client command; its stdout.
     fn run(&self, program: &str, args: &[&str]) -> String {
         let out = self.command(program).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{program} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
