@@ -4,7 +4,7 @@
 // LD_LIBRARY_PATH, and records the libtorch version for `--version`.
 use std::path::Path;
 
-fn main() {
+pub fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!("cargo:rustc-env=ELFIN_LIBTORCH_VERSION=unknown");

@@ -47,6 +47,11 @@ run_step() { # name, timeout seconds, command...
   fi
 }
 
+# First what the machine gives elfin: versions, devices, NVRTC per device, the
+# fused loss kernel on random data, the all-reduce across the local GPUs.
+run_step doctor 300 "$bundle/bin/elfin" doctor
+grep -E '^(PASS|FAIL|SKIP)' "$out/logs/doctor.log" >> "$summary" 2>/dev/null || true
+
 # Every #[ignore]d test is a GPU test by the project's convention.
 for t in "$bundle"/tests/*; do
   n=$(basename "$t")

@@ -7,7 +7,7 @@
 set -euo pipefail
 
 TORCH_VERSION=2.11.0
-APT_PACKAGES=(libopenmpi-dev openmpi-bin libclang-dev pkg-config chromium gcc g++ make slurm-wlm munge)
+APT_PACKAGES=(libopenmpi-dev openmpi-bin libclang-dev pkg-config chromium gcc g++ make openjdk-17-jre-headless slurm-wlm munge)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -60,5 +60,14 @@ if ! have_torch; then
     || die "pip install torch==$TORCH_VERSION failed (network or disk space?); run 'make setup' again: pip resumes where it stopped"
   have_torch || die "torch $TORCH_VERSION is still not importable from $ELFIN_ENV; remove that folder and run 'make setup' again"
 fi
+
+# --- COCO caption metrics: pycocoevalcap (its PTB tokenizer and METEOR run on Java) ---
+PYCOCOEVALCAP_VERSION=1.2
+if ! "$ELFIN_ENV/bin/python" -c "import importlib.metadata as md, sys; sys.exit(md.version('pycocoevalcap') != '$PYCOCOEVALCAP_VERSION')" 2>/dev/null; then
+  say "installing pycocoevalcap==$PYCOCOEVALCAP_VERSION into $ELFIN_ENV (about 100 MB)"
+  "$ELFIN_ENV/bin/pip" install -q --disable-pip-version-check "pycocoevalcap==$PYCOCOEVALCAP_VERSION" \
+    || die "pip install pycocoevalcap==$PYCOCOEVALCAP_VERSION failed (network?); run 'make setup' again"
+fi
+command -v java >/dev/null || die "java not found after installing openjdk-17-jre-headless"
 
 say "ok: $(mpirun --version 2>/dev/null | head -n1); $(cargo --version); torch $TORCH_VERSION in $ELFIN_ENV"

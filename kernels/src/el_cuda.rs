@@ -3,17 +3,16 @@
 //! also uses, so the kernels are ordered with libtorch's own work. All
 //! buffers are tch tensors; the kernels see their device pointers.
 
-use crate::el_input::{check, ElBatch};
+use crate::el_input::ElBatch;
+use crate::el_launch::{self, KernelArg, LaunchDims, Launcher, BLOCK};
 use crate::el_options::{ElError, ElOptions, ElOutput};
-use crate::el_plan::{output, plan, PassConsts, RowStats, RowSums};
 use cudarc::driver::{CudaContext, CudaFunction, LaunchConfig, PushKernelArg};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
 /// The CUDA C source of the kernels.
 pub const KERNEL_SOURCE: &str = include_str!("el_kernel.cu");
-const BLOCK: u32 = 1024;
 const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
 
 fn cuda_err(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> ElError + '_ {
@@ -64,8 +63,8 @@ pub fn compile_ptx() -> Result<cudarc::nvrtc::Ptx, ElError> {
 
 struct Kernels {
     ctx: Arc<CudaContext>,
-    stats: HashMap<&'static str, CudaFunction>,
-    rows: HashMap<&'static str, CudaFunction>,
+    /// By name: el_stats_f32, el_rows_bf16, ...
+    functions: HashMap<String, CudaFunction>,
 }
 
 fn kernels(ordinal: usize) -> Result<Arc<Kernels>, ElError> {
@@ -79,145 +78,46 @@ fn kernels(ordinal: usize) -> Result<Arc<Kernels>, ElError> {
     }
     let ctx = CudaContext::new(ordinal).map_err(cuda_err("opening the device's primary context"))?;
     let module = ctx.load_module(compile_ptx()?).map_err(cuda_err("loading the PTX"))?;
-    let mut stats = HashMap::new();
-    let mut rows = HashMap::new();
+    let mut functions = HashMap::new();
     for dt in DTYPES {
-        stats.insert(dt, module.load_function(&format!("el_stats_{dt}")).map_err(cuda_err("el_stats"))?);
-        rows.insert(dt, module.load_function(&format!("el_rows_{dt}")).map_err(cuda_err("el_rows"))?);
+        for kernel in ["el_stats", "el_rows"] {
+            let name = format!("{kernel}_{dt}");
+            let function = module.load_function(&name).map_err(cuda_err(&name))?;
+            functions.insert(name, function);
+        }
     }
-    let k = Arc::new(Kernels { ctx, stats, rows });
+    let k = Arc::new(Kernels { ctx, functions });
     cache.insert(ordinal, k.clone());
     Ok(k)
 }
 
-fn ptr(t: &Tensor) -> u64 {
-    t.data_ptr() as u64
+struct CudaLauncher(Arc<Kernels>);
+
+impl Launcher for CudaLauncher {
+    fn launch(&self, name: &str, dims: LaunchDims, args: &[KernelArg]) -> Result<(), ElError> {
+        let function = self.0.functions.get(name).ok_or_else(|| ElError::Cuda(format!("no kernel {name}")))?;
+        let stream = self.0.ctx.default_stream();
+        let mut launch = stream.launch_builder(function);
+        for arg in args {
+            match arg {
+                KernelArg::Ptr(p) => launch.arg(p),
+                KernelArg::I64(x) => launch.arg(x),
+                KernelArg::I32(x) => launch.arg(x),
+                KernelArg::F32(x) => launch.arg(x),
+            };
+        }
+        let config = LaunchConfig { grid_dim: (dims.grid, 1, 1), block_dim: (dims.block, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the pointers are live tensors of the shapes and dtypes the kernel reads
+        // (el_launch.rs); they outlive the kernel because the caller's copy of the
+        // kernel's output to the host waits for the NULL stream.
+        unsafe { launch.launch(config) }.map_err(cuda_err(&format!("launching {name}")))?;
+        Ok(())
+    }
 }
 
 pub fn forward_backward(opts: &ElOptions, batch: &ElBatch) -> Result<ElOutput, ElError> {
     let Device::Cuda(ordinal) = batch.logits.device() else {
         return Err(ElError::InvalidInput("the CUDA implementation needs CUDA logits".into()));
     };
-    let checked = check(opts, batch)?;
-    let (b, t, v) = (checked.b, checked.t, checked.v);
-    let device = batch.logits.device();
-    let dtype = match batch.logits.kind() {
-        Kind::Float => "f32",
-        Kind::Half => "f16",
-        _ => "bf16",
-    };
-    let k = kernels(ordinal)?;
-    let stream = k.ctx.default_stream();
-    let logits = batch.logits.contiguous();
-    let masks = batch.constraint_masks.map(|m| {
-        let m = m.to_device(device);
-        if m.kind() == Kind::Bool {
-            m.contiguous()
-        } else {
-            m.to_kind(Kind::Uint8).contiguous()
-        }
-    });
-    let masks_ptr = masks.as_ref().map_or(0, ptr);
-    let (range_start, range_end) = opts.constraint_range.map_or((-1i32, -1i32), |(s, e)| (s as i32, e as i32));
-    let v_i64 = v as i64;
-    let n = checked.candidates.len();
-
-    let stats: Vec<RowStats> = if n == 0 {
-        Vec::new()
-    } else {
-        let rows =
-            Tensor::from_slice(&checked.candidates.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(device);
-        let targets = Tensor::from_slice(&checked.candidates.iter().map(|&r| checked.target[r]).collect::<Vec<_>>())
-            .to_device(device);
-        let out = Tensor::zeros([n as i64, 6], (Kind::Double, device));
-        let (lp, rp, tp, op) = (ptr(&logits), ptr(&rows), ptr(&targets), ptr(&out));
-        let mut launch = stream.launch_builder(&k.stats[dtype]);
-        launch.arg(&lp).arg(&v_i64).arg(&rp).arg(&tp).arg(&masks_ptr).arg(&range_start).arg(&range_end).arg(&op);
-        // SAFETY: the pointers are live tensors of the shapes and dtypes the kernel reads; they outlive
-        // the kernel because `to_device(Cpu)` below waits for the NULL stream.
-        unsafe {
-            launch.launch(LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
-        }
-        .map_err(cuda_err("launching el_stats"))?;
-        let host = Vec::<f64>::try_from(out.to_device(Device::Cpu).reshape([-1]))?;
-        host.chunks_exact(6)
-            .map(|s| RowStats {
-                max: s[0] as f32,
-                sum_exp: s[1],
-                sum_logits: s[2],
-                allowed: s[3],
-                target_logit: s[4] as f32,
-                argmax: s[5] as i64,
-            })
-            .collect()
-    };
-    let plan = plan(opts, &checked, &stats, masks.is_some(), batch.update_num);
-    let consts = PassConsts::new(opts, v);
-
-    let mut job_of_row = vec![-1i32; b * t];
-    let mut jobs_f = Vec::with_capacity(plan.jobs.len() * 8);
-    let mut jobs_i = Vec::with_capacity(plan.jobs.len() * 3);
-    for (idx, job) in plan.jobs.iter().enumerate() {
-        job_of_row[job.side.row] = idx as i32;
-        let p = job.partner.unwrap_or(job.side);
-        jobs_f.extend([
-            job.side.max,
-            job.side.ln_sum,
-            job.side.conf,
-            job.eps_row,
-            job.allowed,
-            p.max,
-            p.ln_sum,
-            p.conf,
-        ]);
-        jobs_i.extend([job.side.row as i64, job.target as i64, job.partner.map_or(-1, |p| p.row as i64)]);
-    }
-    let grad = Tensor::empty([b as i64, t as i64, v as i64], (batch.logits.kind(), device));
-    let mut sums = vec![RowSums::default(); plan.jobs.len()];
-    if b * t > 0 {
-        let job_of_row = Tensor::from_slice(&job_of_row).to_device(device);
-        // Empty job lists still need valid pointers.
-        jobs_f.resize(jobs_f.len().max(8), 0.0);
-        jobs_i.resize(jobs_i.len().max(3), -1);
-        let jobs_f = Tensor::from_slice(&jobs_f).to_device(device);
-        let jobs_i = Tensor::from_slice(&jobs_i).to_device(device);
-        let out = Tensor::zeros([plan.jobs.len().max(1) as i64, 2], (Kind::Double, device));
-        let (lp, gp, jr, jf, ji, op) =
-            (ptr(&logits), ptr(&grad), ptr(&job_of_row), ptr(&jobs_f), ptr(&jobs_i), ptr(&out));
-        let bonus = consts.bonus;
-        let full = bonus.full as i32;
-        let mut launch = stream.launch_builder(&k.rows[dtype]);
-        launch
-            .arg(&lp)
-            .arg(&gp)
-            .arg(&v_i64)
-            .arg(&jr)
-            .arg(&jf)
-            .arg(&ji)
-            .arg(&masks_ptr)
-            .arg(&range_start)
-            .arg(&range_end)
-            .arg(&consts.eps)
-            .arg(&consts.eps_over_v)
-            .arg(&bonus.log_end)
-            .arg(&full)
-            .arg(&bonus.slope)
-            .arg(&bonus.at_end)
-            .arg(&consts.half_alpha)
-            .arg(&op);
-        // SAFETY: as above; the copy to the host waits for the kernel.
-        unsafe {
-            launch.launch(LaunchConfig {
-                grid_dim: ((b * t) as u32, 1, 1),
-                block_dim: (BLOCK, 1, 1),
-                shared_mem_bytes: 0,
-            })
-        }
-        .map_err(cuda_err("launching el_rows"))?;
-        let host = Vec::<f64>::try_from(out.to_device(Device::Cpu).reshape([-1]))?;
-        for (s, h) in sums.iter_mut().zip(host.chunks_exact(2)) {
-            *s = RowSums { bonus_all: h[0], kl: h[1] };
-        }
-    }
-    Ok(output(opts, &checked, &plan, &sums, grad))
+    el_launch::forward_backward(opts, batch, &CudaLauncher(kernels(ordinal)?), BLOCK)
 }

@@ -1,6 +1,7 @@
 // The fused encouraging loss on CUDA, compiled at run time by NVRTC (el_cuda.rs).
 // No headers: half and bfloat16 are converted by hand so that NVRTC needs nothing
-// beyond itself. Math follows el_plan.rs / el_fused_cpu.rs id for id.
+// beyond itself. Math follows el_plan.rs / el_fused_cpu.rs id for id. The same
+// source also builds as host C++ (kernels/emu) for the CPU tests.
 //
 // el_stats_*: one block per candidate row; one read of the row (online max/sum).
 // el_rows_*:  one block per row of the batch; rows without a job get zeros, kept
@@ -13,22 +14,31 @@
 struct f16_t { unsigned short bits; };
 struct bf16_t { unsigned short bits; };
 
-__device__ __forceinline__ float load_f32(const float* p, long long i) { return p[i]; }
-__device__ __forceinline__ float load_f32(const f16_t* p, long long i) {
+#ifdef __CUDACC_RTC__
+__device__ __forceinline__ float f16_to_f32(unsigned short h) {
     float f;
-    unsigned short h = p[i].bits;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
 }
+__device__ __forceinline__ unsigned short f32_to_f16(float v) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+#else
+// A host compiler (the CPU emulation, kernels/emu) cannot take PTX: cuda_fp16.h's
+// conversions of the same rounding stand in.
+__device__ __forceinline__ float f16_to_f32(unsigned short h) { return __half2float(__ushort_as_half(h)); }
+__device__ __forceinline__ unsigned short f32_to_f16(float v) { return __half_as_ushort(__float2half_rn(v)); }
+#endif
+
+__device__ __forceinline__ float load_f32(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ float load_f32(const f16_t* p, long long i) { return f16_to_f32(p[i].bits); }
 __device__ __forceinline__ float load_f32(const bf16_t* p, long long i) {
     return __uint_as_float(((unsigned int)p[i].bits) << 16);
 }
 __device__ __forceinline__ void store_f32(float* p, long long i, float v) { p[i] = v; }
-__device__ __forceinline__ void store_f32(f16_t* p, long long i, float v) {
-    unsigned short h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
-    p[i].bits = h;
-}
+__device__ __forceinline__ void store_f32(f16_t* p, long long i, float v) { p[i].bits = f32_to_f16(v); }
 __device__ __forceinline__ void store_f32(bf16_t* p, long long i, float v) {
     unsigned int u = __float_as_uint(v);
     // Round to nearest even; keep NaN a NaN.

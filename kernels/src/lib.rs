@@ -5,8 +5,10 @@
 
 pub mod cuda_probe;
 pub mod el_cuda;
+pub mod el_emulated;
 pub mod el_fused_cpu;
 mod el_input;
+pub mod el_launch;
 pub mod el_math;
 pub mod el_options;
 mod el_plan;

@@ -121,6 +121,11 @@ pub const TRAIN_FLAGS: &[TrainFlag] = &[
     // Logging.
     v("log-format", "log_format"),
     v("log-interval", "log_interval"),
+    // `elfin-train eval` only (the evaluation presets, trainer_command=eval).
+    v("checkpoint", "checkpoint"),
+    v("results-path", "results_path"),
+    v("gen-subset", "gen_subset"),
+    v("coco-references", "coco_references"),
     // Where the rank runs: chosen by the launch plan (`--cpu`, the GPUs found).
     TrainFlag { flag: "device", kind: FlagKind::Value, variable: None },
 ];
@@ -132,6 +137,7 @@ pub const LAUNCHER_VARIABLES: &[(&str, &str)] = &[
     ("synth_task", "with synth_dir: make synthetic data of this task when synth_dir lacks it"),
     ("synth_dir", "the directory `elfin-train synth --task synth_task --out synth_dir` fills"),
     ("CUDA_VISIBLE_DEVICES", "the GPUs a node's ranks use, one rank each"),
+    ("trainer_command", "the elfin-train command the ranks run: train (default) or eval"),
 ];
 
 /// The flag a preset variable sets, if any.

@@ -29,7 +29,8 @@ pub fn trainer_path() -> Result<PathBuf> {
 
 /// The full trainer command line for one rank.
 pub fn trainer_command(trainer: &Path, resolved: &Resolved, device: Device) -> Result<Vec<String>> {
-    let mut argv = vec![trainer.display().to_string(), "train".to_string()];
+    let mut argv =
+        vec![trainer.display().to_string(), crate::preset::command::trainer_subcommand(resolved)?.to_string()];
     argv.extend(resolved.trainer_args()?);
     argv.push(format!("--device={}", device.flag_value()));
     Ok(argv)

@@ -1,6 +1,7 @@
 //! elfin's launcher: presets, the launch plan, and running the ranks through mpirun.
 
 pub mod cli;
+pub mod doctor;
 pub mod flags;
 pub mod launch;
 pub mod mpi_env;

@@ -1,7 +1,7 @@
 //! `elfin`: run a finetuning preset on one node or many through mpirun.
 
 use clap::{Parser, Subcommand};
-use elfin_launcher::{cli, launch, presets_command, report, run, stop};
+use elfin_launcher::{cli, doctor, launch, presets_command, report, run, stop};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -22,26 +22,29 @@ enum Command {
     Rank(cli::RankArgs),
     /// Write one self-contained HTML page with the curves and validation samples of one or more runs.
     Report(report::ReportArgs),
+    /// Check this machine (and the hosts of a hostfile) for elfin: one PASS/FAIL/SKIP line per check.
+    Doctor(doctor::DoctorArgs),
 }
 
 fn main() -> ExitCode {
-    // A job's processes may all be signalled at once: the launcher and each
-    // rank's wrapper keep a stop request from their first instant on.
-    if matches!(std::env::args().nth(1).as_deref(), Some("launch" | "rank")) {
-        stop::install(std::env::args().nth(1).as_deref() == Some("rank"));
-    }
-    let cli = Cli::parse();
-    if !matches!(cli.command, Command::Launch(_) | Command::Rank(_)) {
-        // `elfin presets show NAME | head`: end quietly when the reader goes.
-        // (A launcher keeps running its job whatever happens to its console.)
+    let command = std::env::args().nth(1);
+    if matches!(command.as_deref(), Some("launch" | "rank")) {
+        // A job's processes may all be signalled at once: the launcher and each
+        // rank's wrapper keep a stop request from their first instant on.
+        stop::install(command.as_deref() == Some("rank"));
+    } else {
+        // `elfin presets show NAME | head`: end quietly when the reader goes
+        // (--help included). A launcher instead keeps running its job.
         // SAFETY: setting a signal's disposition to its default has no preconditions.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
+    let cli = Cli::parse();
     let result = match cli.command {
         Command::Presets(args) => presets_command::run(args),
         Command::Launch(args) => launch::run(args),
         Command::Rank(args) => run::run_rank(&args.log_dir, &args.trainer),
         Command::Report(args) => report::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Doctor(args) => doctor::run(args),
     };
     result.unwrap_or_else(|err| {
         eprintln!("elfin: error: {err:#}");

@@ -215,7 +215,8 @@ fn set_overrides_a_variable_everywhere_it_is_used_or_adds_a_train_flag() {
         resolve(&catalog, &preset, &options, &no_env).unwrap_err().to_string()
     };
     let err = try_set("learning_rate");
-    assert!(err.contains("neither a variable") && err.contains("max_epoch") && err.contains("max_update"), "{err}");
+    assert!(err.contains("neither a variable") && err.contains("elfin presets show refcoco_el"), "{err}");
+    assert!(try_set("max_epochs").contains("did you mean max_epoch?"), "{}", try_set("max_epochs"));
     assert!(try_set("save_dir_x").contains("neither"));
     assert!(try_set("device").contains("--cpu"));
     assert!(flag_by_key("save-dir").is_some());

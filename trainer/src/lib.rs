@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod criterion;
 pub mod data;
 pub mod dist;
+pub mod doctor;
 pub mod eval;
 pub mod generate;
 pub mod metrics_log;

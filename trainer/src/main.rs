@@ -37,18 +37,21 @@ enum Command {
     Model(elfin_trainer::model::cli_model::ModelCommand),
     /// Run one eval-mode forward pass of a checkpoint on saved inputs and save logits and encoder output.
     Forward(elfin_trainer::model::cli_forward::ForwardArgs),
+    /// Beam search on saved inputs: write each sample's hypotheses, token scores and scores.
+    Generate(Box<elfin_trainer::generate::cli::GenerateArgs>),
     /// Compute the encouraging loss on saved logits: prints {"loss", "nll_loss", "ntokens", "sample_size"}.
     Criterion(elfin_trainer::criterion::cli::CriterionCmdArgs),
+    /// Check this machine for elfin: versions, devices, NVRTC, the fused loss, collectives (PASS/FAIL/SKIP lines).
+    Doctor(elfin_trainer::doctor::command::DoctorArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match &cli.command {
-        // A rank's console is a pipe to its `elfin rank` wrapper, which never closes it first.
-        Some(Command::Train(_)) => {}
-        // `elfin-train score ... | head`: end quietly when the reader goes, as Unix tools do.
-        _ => elfin_trainer::signals::default_sigpipe(),
+    // `elfin-train score ... | head`: end quietly when the reader goes, as Unix
+    // tools do (--help included). Training instead goes on without a console.
+    if std::env::args().nth(1).as_deref() != Some("train") {
+        elfin_trainer::signals::default_sigpipe();
     }
+    let cli = Cli::parse();
     if cli.version {
         print!("{}", elfin_trainer::version::report());
         return ExitCode::SUCCESS;
@@ -68,6 +71,8 @@ fn main() -> ExitCode {
         Command::Model(args) => elfin_trainer::model::cli_model::run(args),
         Command::Forward(args) => elfin_trainer::model::cli_forward::run(args),
         Command::Criterion(args) => elfin_trainer::criterion::cli::run(args),
+        Command::Doctor(args) => elfin_trainer::doctor::command::run(args),
+        Command::Generate(args) => elfin_trainer::generate::cli::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -429,6 +429,19 @@ impl MetricsJsonl {
             line.push_str(&format!(",{}:{}", serde_json::Value::String(key.clone()), number));
         }
         line.push_str("}\n");
+        self.append(&line)
+    }
+
+    /// Appends `{"kind": "self_check", "num_updates": …, "check": …, "status": …, "detail": …}`:
+    /// the outcome of one start-up self-check (`status`: pass, fallback or fail).
+    pub fn write_self_check(&mut self, num_updates: u64, check: &str, status: &str, detail: &str) -> Result<()> {
+        let record = serde_json::json!({
+            "kind": "self_check", "num_updates": num_updates, "check": check, "status": status, "detail": detail,
+        });
+        self.append(&format!("{record}\n"))
+    }
+
+    fn append(&mut self, line: &str) -> Result<()> {
         // One write per line: appends from a single writer never interleave.
         self.file
             .write_all(line.as_bytes())

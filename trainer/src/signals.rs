@@ -30,8 +30,17 @@ pub const STOP_SIGNALS: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGUSR1, libc::
 pub const INTERRUPTS_TO_KILL: usize = 3;
 
 static RECEIVED: AtomicUsize = AtomicUsize::new(0);
+/// Nonzero for commands with nothing to save: the first stop request exits.
+static EXIT_ON_STOP: AtomicUsize = AtomicUsize::new(0);
 static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
 static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// For a command with nothing to save (`eval`): the first stop request
+/// exits with [`EXIT_PREEMPTED`]; run it again to redo it.
+pub fn install_exit_on_stop() -> Result<()> {
+    EXIT_ON_STOP.store(1, Ordering::SeqCst);
+    install()
+}
 
 /// Installs the handler for the stop signals, then unblocks them (idempotent).
 pub fn install() -> Result<()> {
@@ -78,6 +87,11 @@ fn say(message: &[u8]) {
 }
 
 extern "C" fn on_signal(signal: libc::c_int) {
+    if EXIT_ON_STOP.load(Ordering::SeqCst) != 0 {
+        say(b"elfin-train: stop requested: exiting (nothing to save)\n");
+        // SAFETY: _exit(2) is async-signal-safe.
+        unsafe { libc::_exit(EXIT_PREEMPTED) };
+    }
     let _ = FIRST_SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
     let count = RECEIVED.fetch_add(1, Ordering::SeqCst) + 1;
     let interrupts = if signal == libc::SIGINT {

@@ -169,6 +169,37 @@ fn collectives_on_three_ranks() {
     assert_ranks_ok(&out, "collectives", 3);
 }
 
+/// The start-up self-check of the process group: right results pass on every rank; a wrong
+/// all-reduce result on rank 1 alone fails the check on every rank, naming rank 1.
+fn collectives_self_check(world: &World) -> Result<()> {
+    let (pg, device) = setup(world)?;
+    let summary = elfin_trainer::doctor::collectives::check(&pg, device, |_| {})?;
+    ensure!(summary.contains(&format!("all {} ranks", world.size)), "summary: {summary}");
+    let wrong_on_rank_1 = |summed: &mut Vec<f32>| {
+        if world.rank == 1 {
+            summed[4000] += 1.0;
+        }
+    };
+    let err = match elfin_trainer::doctor::collectives::check(&pg, device, wrong_on_rank_1) {
+        Ok(_) => anyhow::bail!("a wrong all-reduce on rank 1 passed the check"),
+        Err(e) => e.to_string(),
+    };
+    ensure!(err.contains("rank 1: all-reduce of the rank ids: element 4000"), "error: {err}");
+    ensure!(!err.contains("rank 0:"), "rank 0 was right: {err}");
+    println!("collectives self-check ok on rank {} of {}", world.rank, world.size);
+    Ok(())
+}
+
+#[test]
+fn the_collectives_self_check_names_the_rank_with_a_wrong_result() {
+    if is_child() {
+        return rank_main(collectives_self_check);
+    }
+    let (out, _) =
+        launch("the_collectives_self_check_names_the_rank_with_a_wrong_result", 2, &[], Duration::from_secs(60));
+    assert_ranks_ok(&out, "collectives self-check", 2);
+}
+
 // ------------------------------------------------------- a small test model
 
 /// Two linear layers, a bias `side` used only by flagged samples, a

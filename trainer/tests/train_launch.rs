@@ -106,3 +106,74 @@ fn sigterm_to_one_rank_of_two_saves_and_both_exit_with_the_preemption_code() {
     let saved = model_tensors(&save.join("checkpoint_last.safetensors"));
     assert!(!saved.is_empty());
 }
+
+/// Runs `program args` with its stdout a pipe whose reader has already gone.
+fn with_closed_stdout(program: &Path, args: &[&str]) -> (Option<i32>, Option<i32>, String) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(program).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), out.status.signal(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly() {
+    let elfin = launcher();
+    let cases: Vec<(&Path, Vec<&str>)> = vec![
+        (&elfin, vec!["presets", "show", "demo_refcoco_el"]),
+        (&elfin, vec!["presets"]),
+        (&elfin, vec!["launch", "--help"]),
+        (Path::new(TRAINER), vec!["--version"]),
+        (Path::new(TRAINER), vec!["train", "--help"]),
+        (Path::new(TRAINER), vec!["model", "--arch", "ofa_micro"]),
+    ];
+    for (program, args) in cases {
+        let (code, signal, stderr) = with_closed_stdout(program, &args);
+        assert!(
+            code == Some(0) || signal == Some(libc::SIGPIPE),
+            "{} {args:?}: exit {code:?}, signal {signal:?}:\n{stderr}",
+            program.display()
+        );
+        assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+    }
+}
+
+/// `elfin launch` of the caption demo here, with the real trainer.
+fn demo_launch(root: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(launcher())
+        .args(["launch", "--preset", "demo_caption_el", "--nproc-per-node", "2", "--cpu", "--data-root"])
+        .arg(root)
+        .args(extra)
+        .current_dir(root)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn launch_refuses_what_would_change_nothing_or_cannot_run_before_any_rank_starts() {
+    let root = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = demo_launch(root.path(), &["--set", "save_dir=/elsewhere"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("did you mean --set save_path=...?"), "{stderr}");
+    let (code, _, stderr) = demo_launch(root.path(), &["--set", "max_updates=3"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("did you mean max_update?"), "{stderr}");
+    // A bad value: refused by the trainer's own parser in a dry run, before the synthetic data exists.
+    let (code, stdout, stderr) = demo_launch(root.path(), &["--set", "lr=abc", "--dry-run"]);
+    assert_eq!(code, Some(2), "{stdout}\n{stderr}");
+    assert!(stderr.contains("refused its command line") && stderr.contains("--lr"), "{stderr}");
+    assert!(!root.path().join("synth").exists(), "a dry run makes nothing");
+    // A missing checkpoint, in a real launch: no rank starts, no log is written.
+    let (code, _, stderr) =
+        demo_launch(root.path(), &["--set", "restore_file=/no/such.safetensors", "--log-dir", "logs"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("/no/such.safetensors does not exist"), "{stderr}");
+    assert!(!root.path().join("logs").exists(), "no rank started");
+    let (code, stdout, stderr) = demo_launch(root.path(), &["--dry-run"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("check:   ok on 1 host(s)"), "{stdout}");
+}

@@ -165,42 +165,67 @@ fn predict_captions_an_image_file_with_a_trained_checkpoint() {
     );
 }
 
+fn mpirun_trainer(args: &[String]) -> std::process::Output {
+    let out = Command::new("mpirun")
+        .args(["-np", "2", "--oversubscribe", "-x", "OMP_NUM_THREADS=1", TRAINER])
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// One checkpoint, one score: validation during a 2-rank run, and `elfin-train
+/// eval` of the checkpoint it saved on 1 and 2 ranks and with another
+/// validation batch size, give the same CIDEr and the same predictions, and
+/// validation losses equal up to float rounding.
 #[test]
-fn validation_scores_are_the_same_on_one_and_two_ranks() {
+fn a_checkpoint_scores_the_same_in_training_and_in_eval_on_any_ranks_and_batch_size() {
     let tmp = tempfile::tempdir().unwrap();
     let data = synth_caption(tmp.path());
     let save = tmp.path().join("run");
     let eval = ["--eval-cider", r#"--eval-args={"beam":3,"max_len_b":6}"#, "--batch-size=3"];
-    run_trainer(&train_args(&data, &save, &[&eval[..], &["--max-update=4"]].concat()));
+    // Two ranks: after the last update each rank's BatchNorm statistics are its own,
+    // and the checkpoint holds rank 0's; validation must score the checkpoint's.
+    mpirun_trainer(&train_args(&data, &save, &[&eval[..], &["--max-update=4"]].concat()));
+    let metrics = std::fs::read_to_string(save.join("metrics.jsonl")).unwrap();
+    let in_training: serde_json::Value = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "valid")
+        .last()
+        .expect("a validation at the last update");
     let checkpoint = format!("--checkpoint={}", save.join("checkpoint_last.safetensors").display());
-    let eval_args = |out: &str| {
-        let mut a = train_args(&data, &save, &eval);
+    let eval_args = |out: &str, extra: &[&str]| {
+        let mut a = train_args(&data, &save, &[&eval[..], extra].concat());
         a[0] = "eval".into();
         a.push(checkpoint.clone());
         a.push(format!("--out={}", tmp.path().join(out).display()));
         a
     };
-    let one = run_trainer(&eval_args("one.jsonl"));
-    let two = Command::new("mpirun")
-        .args(["-np", "2", "--oversubscribe", "-x", "OMP_NUM_THREADS=1", TRAINER])
-        .args(eval_args("two.jsonl"))
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .output()
-        .unwrap();
-    assert!(two.status.success(), "{}", String::from_utf8_lossy(&two.stderr));
     let scores = |out: &[u8]| -> serde_json::Value {
         serde_json::from_str(String::from_utf8_lossy(out).lines().last().expect("a scores line")).unwrap()
     };
-    let (a, b) = (scores(&one.stdout), scores(&two.stdout));
-    assert!(a["cider"].is_number(), "{a}");
-    assert_eq!(a["cider"], b["cider"], "CIDEr on 1 and 2 ranks");
-    assert_eq!(a["nsentences"], 8.0);
-    assert_eq!(a["nsentences"], b["nsentences"]);
-    // The same predictions, in the same order (rank 0's share first).
-    let preds = |f: &str| std::fs::read_to_string(tmp.path().join(f)).unwrap();
-    let strip = |t: String| {
-        t.lines()
+    let one = scores(&run_trainer(&eval_args("one.jsonl", &[])).stdout);
+    let two = scores(&mpirun_trainer(&eval_args("two.jsonl", &[])).stdout);
+    let batch4 = scores(&run_trainer(&eval_args("batch4.jsonl", &["--batch-size-valid=4"])).stdout);
+    assert!(one["cider"].is_number(), "{one}");
+    assert_eq!(one["nsentences"], 8.0);
+    for (name, s) in [("in training", &in_training), ("2 ranks", &two), ("batch size 4", &batch4)] {
+        assert_eq!(s["cider"], one["cider"], "CIDEr {name} vs eval on 1 rank");
+        assert_eq!(s["nsentences"], one["nsentences"], "{name}");
+        let (a, b) = (s["loss"].as_f64().unwrap(), one["loss"].as_f64().unwrap());
+        // The same batches on any number of ranks: only the order of the sums differs.
+        let tolerance = if name == "batch size 4" { 1e-5 } else { 1e-9 };
+        assert!((a - b).abs() <= tolerance * b.abs(), "validation loss {name}: {a} vs eval on 1 rank: {b}");
+    }
+    // The same predictions, in the validation set's order.
+    let preds = |f: &str| {
+        std::fs::read_to_string(tmp.path().join(f))
+            .unwrap()
+            .lines()
             .map(|l| {
                 let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
                 v.as_object_mut().unwrap().remove("image");
@@ -208,7 +233,10 @@ fn validation_scores_are_the_same_on_one_and_two_ranks() {
             })
             .collect::<Vec<_>>()
     };
-    assert_eq!(strip(preds("one.jsonl")), strip(preds("two.jsonl")));
+    let during = preds("run/predictions.jsonl");
+    assert_eq!(preds("one.jsonl"), preds("two.jsonl"));
+    assert_eq!(preds("one.jsonl"), preds("batch4.jsonl"));
+    assert_eq!(preds("one.jsonl"), during);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Presets: the per-task recipes `elfin launch` runs.
 
 pub mod builtin;
+pub mod command;
 pub mod parse;
 pub mod resolve;

@@ -142,6 +142,15 @@ impl Criterion {
         &self.options
     }
 
+    pub fn implementation(&self) -> CriterionImpl {
+        self.implementation
+    }
+
+    /// From now on the reference computes the loss (the fused one failed its self-check).
+    pub fn fall_back_to_reference(&mut self) {
+        self.implementation = CriterionImpl::Reference;
+    }
+
     /// Loss and gradient for logits [B, T, V] and targets [B, T]; `conf` [B] weights sentences,
     /// `constraint_masks` [B, T, V] (nonzero = allowed) restrict ids per token.
     pub fn compute(

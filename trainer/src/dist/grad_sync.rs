@@ -250,6 +250,16 @@ pub fn broadcast_var_store(pg: &ProcessGroup, vs: &VarStore) -> Result<()> {
 /// per tensor) and fails naming the first tensor and the ranks that differ.
 /// Every rank gets the same verdict.
 pub fn check_consistency<'a>(pg: &ProcessGroup, named: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> Result<()> {
+    check_same_on_all_ranks(pg, named, "parameters differ between ranks", "--check-consistency")
+}
+
+/// [`check_consistency`] for any tensors: `what` heads the error, `checked_by` names the check.
+pub fn check_same_on_all_ranks<'a>(
+    pg: &ProcessGroup,
+    named: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+    what: &str,
+    checked_by: &str,
+) -> Result<()> {
     let named: Vec<(&str, &Tensor)> = named.into_iter().collect();
     let local: Vec<u64> = named.iter().map(|(_, t)| tensor_hash(t)).collect();
     let all = pg.all_gather_u64(&local)?;
@@ -259,8 +269,8 @@ pub fn check_consistency<'a>(pg: &ProcessGroup, named: impl IntoIterator<Item = 
         let differing: Vec<usize> = (1..pg.size()).filter(|&r| all[r * n + i] != all[i]).collect();
         if !differing.is_empty() {
             bail!(
-                "parameters differ between ranks: `{name}` on rank(s) {differing:?} is not bit-identical to rank 0's \
-                 (checked by --check-consistency); the ranks have diverged, so training stops"
+                "{what}: `{name}` on rank(s) {differing:?} is not bit-identical to rank 0's \
+                 (checked by {checked_by}); the ranks have diverged, so training stops"
             );
         }
     }

@@ -19,7 +19,9 @@ mod nccl_comm;
 mod process_group;
 mod world;
 
-pub use grad_sync::{broadcast_tensors, broadcast_var_store, check_consistency, trainable_named, GradSync};
+pub use grad_sync::{
+    broadcast_tensors, broadcast_var_store, check_consistency, check_same_on_all_ranks, trainable_named, GradSync,
+};
 pub use nccl_comm::nccl_version;
 pub use process_group::{BackendKind, ProcessGroup};
 pub use world::World;

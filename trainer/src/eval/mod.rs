@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod cider;
+pub mod coco;
 pub mod document_frequency;
 pub mod grounding;
 pub mod ngrams;

@@ -2,6 +2,7 @@
 //! offline (for checking a run's numbers or other systems' outputs).
 
 use super::cider::CiderD;
+use super::coco::{score_captions, CaptionSet};
 use super::document_frequency::DocumentFrequency;
 use super::grounding::overlap;
 use super::prediction::{read_jsonl, write_jsonl, Prediction};
@@ -37,6 +38,18 @@ pub enum ScoreMetric {
         #[arg(long, value_name = "SCORES.jsonl")]
         out: Option<PathBuf>,
     },
+    /// The COCO caption metrics of COCOEvalCap (PTB tokenization, BLEU-1…4,
+    /// ROUGE-L, CIDEr) on predictions in the reference's result format.
+    /// Prints {"Bleu_1", …, "Bleu_4", "ROUGE_L", "CIDEr", "count"}; METEOR and
+    /// SPICE: scripts/coco_caption_eval.py.
+    Coco {
+        /// Predictions: [{"image_id": …, "caption": "…"}, …] (SPLIT_predict.json).
+        #[arg(long, value_name = "P.json")]
+        predictions: PathBuf,
+        /// References in COCO caption format (e.g. test_caption_coco_format.json).
+        #[arg(long, value_name = "COCO_FORMAT.json")]
+        references: PathBuf,
+    },
     /// Acc@0.5 of boxes: lines {"id": …, "box": [x0,y0,x1,y1], "ref_box": [x0,y0,x1,y1]}
     /// (original-image pixels). Prints {"score": accuracy, "count": N}.
     Acc {
@@ -55,6 +68,9 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             score_cider(&predictions, df.as_deref(), !no_normalize, out.as_deref())?
         }
         ScoreMetric::Acc { predictions, out } => score_acc(&predictions, out.as_deref())?,
+        ScoreMetric::Coco { predictions, references } => {
+            serde_json::to_value(score_captions(&CaptionSet::load(&predictions, &references)?))?
+        }
     };
     println!("{summary}");
     Ok(())

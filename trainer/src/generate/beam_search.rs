@@ -41,6 +41,8 @@ pub struct Hypothesis {
     pub tokens: Vec<i64>,
     /// Sum of token log-probs (eos included) over (length)^lenpen.
     pub score: f64,
+    /// Each token's log-prob (float32 differences of the cumulative scores, as the reference keeps them).
+    pub positional_scores: Vec<f32>,
 }
 
 impl BeamSearchConfig {
@@ -64,8 +66,10 @@ pub fn beam_search(
     ensure!(cfg.min_len <= max_len, "min_len {} exceeds max_len {}", cfg.min_len, max_len);
     let rows = bsz * k;
     let mut hyps: Vec<Vec<i64>> = vec![vec![cfg.bos]; rows];
-    // Cumulative scores in float32, as the reference keeps them.
+    // Cumulative scores in float32, as the reference keeps them; each row's
+    // history too, for the positional scores.
     let mut scores = vec![0f32; rows];
+    let mut history: Vec<Vec<f32>> = vec![Vec::new(); rows];
     let mut finalized: Vec<Vec<Hypothesis>> = vec![Vec::new(); bsz];
     let mut finished = vec![false; bsz];
     let cpu = tch::Device::Cpu;
@@ -125,6 +129,7 @@ pub fn beam_search(
         let mut order = Vec::with_capacity(rows);
         let mut next_hyps = Vec::with_capacity(rows);
         let mut next_scores = Vec::with_capacity(rows);
+        let mut next_history = Vec::with_capacity(rows);
         for sent in 0..bsz {
             let first = sent * k;
             if finished[sent] {
@@ -133,6 +138,7 @@ pub fn beam_search(
                     order.push(r as i64);
                     next_hyps.push([hyps[r].as_slice(), &[cfg.pad]].concat());
                     next_scores.push(scores[r]);
+                    next_history.push(history[r].clone());
                 }
                 continue;
             }
@@ -146,7 +152,13 @@ pub fn beam_search(
                     let mut tokens = hyps[first + b][1..].to_vec();
                     tokens.push(cfg.eos);
                     let norm = ((step + 1) as f64).powf(cfg.lenpen);
-                    finalized[sent].push(Hypothesis { tokens, score: f64::from(score) / norm });
+                    let cumulative = [history[first + b].as_slice(), &[score]].concat();
+                    let positional_scores = cumulative
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &c)| if i == 0 { c } else { c - cumulative[i - 1] })
+                        .collect();
+                    finalized[sent].push(Hypothesis { tokens, score: f64::from(score) / norm, positional_scores });
                 }
             }
             if finalized[sent].len() >= k || step == max_len {
@@ -161,6 +173,7 @@ pub fn beam_search(
                 order.push((first + b) as i64);
                 next_hyps.push([hyps[first + b].as_slice(), &[v]].concat());
                 next_scores.push(score);
+                next_history.push([history[first + b].as_slice(), &[score]].concat());
             }
         }
         if finished.iter().all(|&f| f) {
@@ -169,6 +182,7 @@ pub fn beam_search(
         model.reorder(&Tensor::from_slice(&order))?;
         hyps = next_hyps;
         scores = next_scores;
+        history = next_history;
     }
     for f in &mut finalized {
         f.sort_by(|a, b| b.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal));

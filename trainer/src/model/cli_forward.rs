@@ -3,10 +3,10 @@
 
 use super::checkpoint_load::{load_checkpoint, read_layout, read_tensors, write_tensors};
 use super::precision::Precision;
-use super::{ModelArgs, OfaConfig, OfaModel};
+use super::{ModelArgs, NetInput, OfaConfig, OfaModel};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
 /// Run one eval-mode forward pass and save the logits and the encoder output.
@@ -99,22 +99,28 @@ fn input(tensors: &BTreeMap<String, Tensor>, name: &str, dims: usize, kinds: &[K
     Ok(t.shallow_clone())
 }
 
-/// Catches inputs the model would reject with a libtorch error.
+/// Catches inputs the model would reject with a libtorch error
+/// (`prev_output_tokens` only where the command takes it).
 fn check_inputs(
     src: &Tensor,
     images: &Tensor,
     masks: &Tensor,
-    prev: &Tensor,
+    prev: Option<&Tensor>,
     vocab: i64,
     cfg: &OfaConfig,
 ) -> Result<()> {
     let b = src.size()[0];
-    for (name, t) in [("patch_images", images), ("patch_masks", masks), ("prev_output_tokens", prev)] {
+    let prev = prev.map(|p| ("prev_output_tokens", p, cfg.max_target_positions));
+    for (name, t) in [("patch_images", images), ("patch_masks", masks)].into_iter().chain(prev.map(|(n, t, _)| (n, t)))
+    {
         if t.size()[0] != b {
             bail!("`{name}` has {} rows but `src_tokens` has {b}", t.size()[0]);
         }
     }
-    for (name, t, limit) in [("src_tokens", src, 1024), ("prev_output_tokens", prev, cfg.max_target_positions)] {
+    for (name, t, limit) in std::iter::once(("src_tokens", src, 1024)).chain(prev) {
+        if t.numel() == 0 {
+            continue;
+        }
         let (min, max) = (t.min().int64_value(&[]), t.max().int64_value(&[]));
         if min < 0 || max >= vocab {
             bail!("`{name}` holds token ids in [{min}, {max}], outside the checkpoint's vocabulary of {vocab}");
@@ -131,28 +137,63 @@ fn check_inputs(
     Ok(())
 }
 
+/// A model with a checkpoint's weights, for the inspection commands.
+pub struct LoadedModel {
+    /// Keeps the weights alive.
+    pub vs: nn::VarStore,
+    pub model: OfaModel,
+    pub cfg: OfaConfig,
+}
+
+pub fn load_for_inspection(args: &ModelArgs, checkpoint: &Path, device: Device) -> Result<LoadedModel> {
+    let (shapes, metadata) = read_layout(checkpoint)?;
+    let Some(vocab_size) = shapes.get("encoder.embed_tokens.weight").map(|s| s[0]) else {
+        bail!("{} has no encoder.embed_tokens.weight; is it an OFA checkpoint?", checkpoint.display());
+    };
+    let cfg = config_for_checkpoint(args, &shapes, &metadata)?;
+    let mut vs = nn::VarStore::new(device);
+    let model = OfaModel::new(&vs.root(), &cfg, vocab_size);
+    load_checkpoint(&mut vs, checkpoint)?;
+    Ok(LoadedModel { vs, model, cfg })
+}
+
+/// The source side of saved inputs (`src_tokens`, `src_lengths`,
+/// `patch_images`, `patch_masks`), checked against the model, on `device`;
+/// and `prev_output_tokens` when `with_prev`.
+pub fn read_net_input(path: &Path, loaded: &LoadedModel, device: Device, with_prev: bool) -> Result<NetInput> {
+    let read = || -> Result<NetInput> {
+        let tensors = read_tensors(path)?;
+        let src_tokens = input(&tensors, "src_tokens", 2, &[Kind::Int64])?.to_device(device);
+        let src_lengths = match tensors.get("src_lengths") {
+            Some(_) => input(&tensors, "src_lengths", 1, &[Kind::Int64])?.to_device(device),
+            None => src_tokens.ne(1).sum_dim_intlist(1, false, Kind::Int64),
+        };
+        let images = input(&tensors, "patch_images", 4, &[Kind::Float])?.to_device(device);
+        let masks =
+            input(&tensors, "patch_masks", 1, &[Kind::Uint8, Kind::Bool])?.to_kind(Kind::Bool).to_device(device);
+        let prev = match with_prev {
+            true => input(&tensors, "prev_output_tokens", 2, &[Kind::Int64])?.to_device(device),
+            false => Tensor::zeros([src_tokens.size()[0], 0], (Kind::Int64, device)),
+        };
+        let vocab = loaded.model.vocab_size();
+        check_inputs(&src_tokens, &images, &masks, with_prev.then_some(&prev), vocab, &loaded.cfg)?;
+        Ok(NetInput { src_tokens, src_lengths, patch_images: images, patch_masks: masks, prev_output_tokens: prev })
+    };
+    read().with_context(|| format!("inputs file {}", path.display()))
+}
+
 pub fn run(args: ForwardArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     args.precision.check(device)?;
-    let (shapes, metadata) = read_layout(&args.checkpoint)?;
-    let Some(vocab_size) = shapes.get("encoder.embed_tokens.weight").map(|s| s[0]) else {
-        bail!("{} has no encoder.embed_tokens.weight; is it an OFA checkpoint?", args.checkpoint.display());
-    };
-    let cfg = config_for_checkpoint(&args.model, &shapes, &metadata)?;
-    let mut vs = nn::VarStore::new(device);
-    let model = OfaModel::new(&vs.root(), &cfg, vocab_size);
-    load_checkpoint(&mut vs, &args.checkpoint)?;
-
-    let tensors = read_tensors(&args.inputs)?;
-    let src_tokens = input(&tensors, "src_tokens", 2, &[Kind::Int64])?.to_device(device);
-    let images = input(&tensors, "patch_images", 4, &[Kind::Float])?.to_device(device);
-    let masks = input(&tensors, "patch_masks", 1, &[Kind::Uint8, Kind::Bool])?.to_kind(Kind::Bool).to_device(device);
-    let prev = input(&tensors, "prev_output_tokens", 2, &[Kind::Int64])?.to_device(device);
-    check_inputs(&src_tokens, &images, &masks, &prev, vocab_size, &cfg)?;
+    let loaded = load_for_inspection(&args.model, &args.checkpoint, device)?;
+    let (model, cfg) = (&loaded.model, &loaded.cfg);
+    let net = read_net_input(&args.inputs, &loaded, device, true)?;
+    let (src_tokens, images, masks, prev) =
+        (&net.src_tokens, &net.patch_images, &net.patch_masks, &net.prev_output_tokens);
     let (logits, encoder_out) = tch::no_grad(|| {
         args.precision.run(device, || {
-            let enc = model.encode(&src_tokens, Some(&images), Some(&masks), false);
-            let logits = model.decode(&prev, &enc, None, false);
+            let enc = model.encode(src_tokens, Some(images), Some(masks), false);
+            let logits = model.decode(prev, &enc, None, false);
             (logits.to_kind(Kind::Float), enc.out.to_kind(Kind::Float))
         })
     });

@@ -6,6 +6,7 @@ mod args;
 pub mod eval_cli;
 pub mod predict_cli;
 pub mod preflight;
+mod self_check;
 mod update;
 mod validate;
 
@@ -66,8 +67,7 @@ pub(crate) struct Trainer {
     model: OfaModel,
     /// Trainable parameters in a fixed order (frozen ones excluded).
     params: Vec<(String, Tensor)>,
-    /// BatchNorm running statistics: rank 0's are broadcast before every
-    /// update, as DDP does with module buffers, so that all ranks validate alike.
+    /// BatchNorm running statistics (see `sync_batch_norm`).
     bn_buffers: Vec<Tensor>,
     pg: ProcessGroup,
     grad_sync: GradSync,
@@ -333,7 +333,19 @@ impl Trainer {
         Ok(())
     }
 
+    /// Gives every rank rank 0's BatchNorm running statistics (the ones a
+    /// checkpoint saves): before each update, as DDP does with module buffers,
+    /// and before validation, which would otherwise see each rank's own
+    /// statistics of its last batch and score a model that no file holds.
+    fn sync_batch_norm(&self) -> Result<()> {
+        if self.world.size > 1 {
+            dist::broadcast_tensors(&self.pg, &self.bn_buffers, 0)?;
+        }
+        Ok(())
+    }
+
     fn validate(&mut self) -> Result<Option<f64>> {
+        self.sync_batch_norm()?;
         let result = self.validator.run(&self.model, &self.criterion, &self.pg, self.device, self.precision)?;
         if self.world.is_main() {
             let path = self.args.checkpoint.save_dir.join("predictions.jsonl");

@@ -19,8 +19,39 @@ pub enum CheckScope {
     NoData,
 }
 
-/// Checks `args`; returns one line per thing checked, or the first problem.
+/// Checks a training run's `args`; returns one line per thing checked, or the first problem.
 pub fn check(args: &TrainArgs, scope: CheckScope) -> Result<Vec<String>> {
+    let mut done = check_inputs(args, scope)?;
+    let plan = checkpoint::plan_load(&args.checkpoint, |p| p.exists())?;
+    if let LoadPlan::Resume { path } | LoadPlan::Restore { path, .. } = &plan {
+        readable_checkpoint(path)?;
+    }
+    done.push(format!("checkpoint: {}", plan.describe()));
+    writable_dir(&args.checkpoint.save_dir)?;
+    done.push(format!("save dir: {} (writable)", args.checkpoint.save_dir.display()));
+    Ok(done)
+}
+
+/// Checks an `elfin-train eval` of `checkpoint` (none: the untrained model).
+pub fn check_eval(args: &TrainArgs, checkpoint: Option<&Path>, scope: CheckScope) -> Result<Vec<String>> {
+    let mut done = check_inputs(args, scope)?;
+    if let Some(path) = checkpoint {
+        anyhow::ensure!(path.exists(), "--checkpoint {} does not exist", path.display());
+        readable_checkpoint(path)?;
+        done.push(format!("checkpoint: {}", path.display()));
+    }
+    Ok(done)
+}
+
+/// A checkpoint whose header reads (a `.pt` through its converted twin).
+fn readable_checkpoint(path: &Path) -> Result<()> {
+    let path =
+        if path.extension().is_some_and(|e| e == "pt") { super::converted_twin(path)? } else { path.to_path_buf() };
+    checkpoint::is_elfin_checkpoint(&path).map(|_| ())
+}
+
+/// What training and evaluation both read: flags, model, BPE, data files.
+fn check_inputs(args: &TrainArgs, scope: CheckScope) -> Result<Vec<String>> {
     let mut done = Vec::new();
     args.validate()?;
     let cfg = model_config(args)?;
@@ -46,15 +77,6 @@ pub fn check(args: &TrainArgs, scope: CheckScope) -> Result<Vec<String>> {
     if let Some(df) = &args.eval.eval_cider_cached_tokens {
         anyhow::ensure!(df.is_file(), "--eval-cider-cached-tokens {} does not exist", df.display());
     }
-    let plan = checkpoint::plan_load(&args.checkpoint, |p| p.exists())?;
-    if let LoadPlan::Resume { path } | LoadPlan::Restore { path, .. } = &plan {
-        let path =
-            if path.extension().is_some_and(|e| e == "pt") { super::converted_twin(path)? } else { path.clone() };
-        checkpoint::is_elfin_checkpoint(&path)?;
-    }
-    done.push(format!("checkpoint: {}", plan.describe()));
-    writable_dir(&args.checkpoint.save_dir)?;
-    done.push(format!("save dir: {} (writable)", args.checkpoint.save_dir.display()));
     Ok(done)
 }
 

@@ -34,21 +34,23 @@ impl Trainer {
     /// overflowed and the update was skipped.
     pub(super) fn update(&mut self, micro: &[MicroBatch]) -> Result<Option<UpdateStats>> {
         let start = Instant::now();
-        if self.world.size > 1 {
-            crate::dist::broadcast_tensors(&self.pg, &self.bn_buffers, 0)?;
-        }
+        self.sync_batch_norm()?;
         // Dropout and drop path draw from a generator seeded per update, as the reference does.
         tch::manual_seed((self.args.run.seed + self.progress.num_updates) as i64);
         let scale = self.scaler.as_ref().map_or(1.0, |s| s.scale());
         let mut sums = Sums::default();
         let mut fwd_bwd = 0.0;
         for mb in micro {
-            let Some(batch) = &mb.batch else { continue };
+            let Some(batch) = &mb.batch else {
+                self.start_up_checks(None)?;
+                continue;
+            };
             let input = batch.net_input.to_device(self.device);
             let target = batch.target.to_device(self.device);
             let forward = Instant::now();
             let logits = self.precision.run(self.device, || self.model.forward_t(&input, true));
             fwd_bwd += forward.elapsed().as_secs_f64();
+            self.start_up_checks(Some((&logits, &target)))?;
             let out = self.criterion.compute(&logits, &target, None, None, self.progress.num_updates as i64)?;
             let grad = if scale == 1.0 { out.grad_logits } else { out.grad_logits * scale };
             let backward = Instant::now();
@@ -68,6 +70,7 @@ impl Trainer {
         self.grad_sync.sync(&self.pg, scale * sums.sample_size.max(1.0))?;
         let grads: Vec<_> = self.params.iter().map(|(_, p)| p.grad()).collect();
         let clip = crate::optim::clip_grad_norm(&grads, self.args.optim.clip_norm, 1.0, self.clip_rule());
+        self.check_first_gradient_norm(clip.gnorm)?;
         let overflow = match &mut self.scaler {
             Some(scaler) => scaler.check_overflow(clip.gnorm)?,
             None => false,

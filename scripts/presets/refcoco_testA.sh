@@ -1,0 +1,8 @@
+# RefCOCO testA: Acc@0.5 of a finetuned checkpoint (OFA evaluate_refcoco.sh).
+source _refcoco_eval.sh
+
+data=${DATA_ROOT}/refcoco_data/refcoco_testA.tsv
+checkpoint=${DATA_ROOT}/checkpoints/refcoco_large_best.safetensors
+gen_subset=refcoco_testA
+results_path=./results/refcoco
+log_dir=${results_path}/logs

@@ -1,0 +1,8 @@
+# RefCOCO+ testB: Acc@0.5 of a finetuned checkpoint (OFA evaluate_refcoco.sh).
+source _refcoco_eval.sh
+
+data=${DATA_ROOT}/refcocoplus_data/refcocoplus_testB.tsv
+checkpoint=${DATA_ROOT}/checkpoints/refcocoplus_large_best.safetensors
+gen_subset=refcocoplus_testB
+results_path=./results/refcocoplus
+log_dir=${results_path}/logs
