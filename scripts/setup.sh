@@ -7,7 +7,7 @@
 set -euo pipefail
 
 TORCH_VERSION=2.11.0
-APT_PACKAGES=(libopenmpi-dev openmpi-bin libclang-dev pkg-config chromium gcc g++ make openjdk-17-jre-headless iproute2)
+APT_PACKAGES=(libopenmpi-dev openmpi-bin libclang-dev pkg-config chromium gcc g++ make openjdk-17-jre-headless iproute2 slurm-wlm munge)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }

@@ -2,10 +2,11 @@
 
 use crate::cli::LaunchArgs;
 use crate::mpi_env::{self, MpiEnv};
-use crate::mpirun::{check_command, forwarded_from_env, mpirun_command, Job};
+use crate::mpirun::{check_command, forwarded_from_env, mpirun_command, CommandLine, Job};
 use crate::plan::{make_plan, read_hostfile, visible_gpus, Device, NodeInfo, Plan, PlanRequest};
 use crate::preset::resolve::{resolve, Catalog, ResolveOptions, Resolved};
 use crate::quote::shell_join;
+use crate::slurm::{self, Allocation};
 use crate::stop;
 use crate::supervise::{supervise, Supervision};
 use anyhow::{bail, Context, Result};
@@ -46,6 +47,14 @@ fn missing_synth_data(resolved: &Resolved) -> Option<(String, PathBuf)> {
     (!complete).then(|| (task.to_string(), dir))
 }
 
+fn make_synth_data(synth: &[String]) -> Result<()> {
+    let status = Command::new(&synth[0]).args(&synth[1..]).status().with_context(|| format!("running {}", synth[0]))?;
+    if !status.success() {
+        bail!("making the synthetic data failed ({status}): {}", shell_join(synth));
+    }
+    Ok(())
+}
+
 fn synth_command(trainer: &Path, task: &str, dir: &Path) -> Vec<String> {
     let dir = dir.display().to_string();
     [trainer.display().to_string(), "synth".into(), "--task".into(), task.into(), "--out".into(), dir].to_vec()
@@ -60,12 +69,19 @@ pub fn run(args: LaunchArgs) -> Result<ExitCode> {
     let cuda_visible = resolved.get("CUDA_VISIBLE_DEVICES").map(String::from).or_else(|| env("CUDA_VISIBLE_DEVICES"));
     let node = NodeInfo::detect();
 
+    // Where the ranks are started for us, each sees the GPUs of its own node.
+    let device_here = match visible_gpus(args.cpu, cuda_visible.as_deref(), &node) {
+        Some(_) => Device::Cuda,
+        None => Device::Cpu,
+    };
     if let Some(mpi) = mpi_env::detect_here() {
-        let device = match visible_gpus(args.cpu, cuda_visible.as_deref(), &node) {
-            Some(_) => Device::Cuda,
-            None => Device::Cpu,
-        };
-        return become_trainer(&mpi, &trainer, &resolved, device, args.dry_run);
+        slurm::check_task(&mpi, &env)?;
+        return become_trainer(&mpi, &trainer, &resolved, device_here, args.dry_run);
+    }
+    if args.hostfile.is_none() {
+        if let Some(allocation) = slurm::allocation(&env) {
+            return run_step(&allocation, &trainer, &resolved, device_here, args.dry_run);
+        }
     }
 
     let hosts = args.hostfile.as_deref().map(read_hostfile).transpose()?;
@@ -111,16 +127,12 @@ pub fn run(args: LaunchArgs) -> Result<ExitCode> {
     if args.dry_run {
         // The synthetic data is made only by a real launch: check the rest.
         let scope = if synth.is_some() { "no-data" } else { "all" };
-        return preflight(&job, scope);
+        return preflight(&check_command(&job, scope), plan.hosts.len(), scope);
     }
     if let Some(synth) = synth {
-        let status =
-            Command::new(&synth[0]).args(&synth[1..]).status().with_context(|| format!("running {}", synth[0]))?;
-        if !status.success() {
-            bail!("making the synthetic data failed ({status}): {}", shell_join(&synth));
-        }
+        make_synth_data(&synth)?;
     }
-    let checked = preflight(&job, "all")?;
+    let checked = preflight(&check_command(&job, "all"), plan.hosts.len(), "all")?;
     if checked != ExitCode::SUCCESS {
         return Ok(checked);
     }
@@ -137,14 +149,13 @@ pub fn run(args: LaunchArgs) -> Result<ExitCode> {
 
 /// Has the trainer check its command line and paths (`--check-only`), on
 /// every host of the plan, before any rank starts; exit status 2 if it refuses.
-fn preflight(job: &Job, scope: &str) -> Result<ExitCode> {
-    let check = check_command(job, scope);
+fn preflight(check: &CommandLine, hosts: usize, scope: &str) -> Result<ExitCode> {
     let out = check
         .command()
         .stdin(std::process::Stdio::null())
         .output()
         .with_context(|| format!("running the trainer's check: {}", check.display()))?;
-    let hosts = job.plan.hosts.len().max(1);
+    let hosts = hosts.max(1);
     if out.status.success() {
         let what = if scope == "all" {
             "flags, BPE, data and checkpoint paths"
@@ -178,6 +189,50 @@ fn print_plan(resolved: &Resolved, plan: &Plan, log_dir: &Path, hostfile: Option
         plan.total_ranks, plan.max_ranks_per_node, plan.threads_per_rank
     );
     println!("logs:    {} (rank 0 also on the console)", log_dir.join("rank-N-HOST.log").display());
+}
+
+/// In a Slurm allocation: the synthetic data and the trainer's check here,
+/// then one srun step whose every task runs this `elfin` again and becomes a
+/// rank (srun's exit status, e.g. 75 after a stop, is the job's).
+fn run_step(
+    allocation: &Allocation,
+    trainer: &Path,
+    resolved: &Resolved,
+    device: Device,
+    dry_run: bool,
+) -> Result<ExitCode> {
+    let elfin = std::env::current_exe().context("finding the elfin binary")?;
+    let step = slurm::step_command(&elfin, std::env::args_os().skip(1));
+    let synth = missing_synth_data(resolved).map(|(task, dir)| synth_command(trainer, &task, &dir));
+    let unknown = || "?".to_string();
+    println!("preset:  {} ({})", resolved.preset.name, resolved.preset.origin_text());
+    println!(
+        "slurm:   job {}: {} task(s) on {}, each one rank (ranks, nodes and local ranks from Slurm)",
+        allocation.job_id,
+        allocation.tasks.clone().unwrap_or_else(unknown),
+        allocation.nodes.clone().unwrap_or_else(unknown)
+    );
+    if let Some(synth) = &synth {
+        println!("first:   {}", shell_join(synth));
+    }
+    let shown: Vec<String> = step.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    println!("command: {}", shell_join(&shown));
+    let mut check = trainer_command(trainer, resolved, device)?;
+    let scope = if dry_run && synth.is_some() { "no-data" } else { "all" };
+    check.push(format!("--check-only={scope}"));
+    let check = CommandLine { env: resolved.exported(), argv: check };
+    if dry_run {
+        return preflight(&check, 1, scope);
+    }
+    if let Some(synth) = synth {
+        make_synth_data(&synth)?;
+    }
+    let checked = preflight(&check, 1, "all")?;
+    if checked != ExitCode::SUCCESS {
+        return Ok(checked);
+    }
+    let err = Command::new(&step[0]).args(&step[1..]).exec();
+    Err(err).context("starting the job step with srun (is Slurm's srun on PATH?)")
 }
 
 /// Inside an MPI job each launched `elfin` becomes its rank's trainer.

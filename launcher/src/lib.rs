@@ -13,5 +13,6 @@ pub mod quote;
 pub mod rank_report;
 pub mod report;
 pub mod run;
+pub mod slurm;
 pub mod stop;
 pub mod supervise;

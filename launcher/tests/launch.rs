@@ -357,6 +357,32 @@ fn inside_an_mpi_job_launch_becomes_the_trainer() {
     }
 }
 
+#[test]
+fn in_a_slurm_allocation_launch_runs_one_srun_step_of_itself() {
+    let sb = Sandbox::new();
+    let allocation = [("SLURM_JOB_ID", "7"), ("SLURM_NTASKS", "2"), ("SLURM_JOB_NODELIST", "n[1-2]")];
+    let stdout = ok(sb.elfin(0).envs(allocation).args(["launch", "--preset", "demo_refcoco_el", "--dry-run"]));
+    assert_eq!(
+        line(&stdout, "slurm:"),
+        "slurm:   job 7: 2 task(s) on n[1-2], each one rank (ranks, nodes and local ranks from Slurm)"
+    );
+    let elfin = Path::new(env!("CARGO_BIN_EXE_elfin")).display().to_string();
+    assert_eq!(
+        line(&stdout, "command:"),
+        format!("command: srun --mpi=pmix --kill-on-bad-exit=1 {elfin} launch --preset demo_refcoco_el --dry-run")
+    );
+    assert!(line(&stdout, "first:").contains(" synth --task refcoco "), "{stdout}");
+    assert!(!stdout.contains("mpirun"), "{stdout}");
+
+    // A task of a step srun started without PMIx would train alone.
+    let (out, _, stderr) = run(sb
+        .elfin(0)
+        .envs([("SLURM_PROCID", "1"), ("SLURM_STEP_ID", "0"), ("SLURM_NTASKS", "2")])
+        .args(["launch", "--preset", "refcoco_el", "--dry-run"]));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("without PMIx") && stderr.contains("srun --mpi=pmix"), "{stderr}");
+}
+
 /// Waits for `path` to exist (the fake trainer writes it once it runs).
 fn wait_for(path: &Path, limit: Duration) {
     let start = Instant::now();

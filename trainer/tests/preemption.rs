@@ -8,7 +8,6 @@
 
 mod train_common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -20,14 +19,7 @@ const MAX_UPDATE: u64 = 120;
 /// The jobs of this file take both cores: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn launcher() -> PathBuf {
-    let path = Path::new(TRAINER).with_file_name("elfin");
-    assert!(path.exists(), "{} is missing: build the workspace first (make build)", path.display());
-    path
-}
-
-/// The demo caption recipe on a tiny dataset: 32 px, a checkpoint every 10
-/// updates (with its validation, greedy and short), dropout and drop path on.
+/// The demo caption recipe on a tiny dataset (see `tiny_caption_preset`).
 struct Setup {
     _tmp: tempfile::TempDir,
     root: PathBuf,
@@ -41,18 +33,7 @@ fn setup() -> &'static Setup {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
         let data = synth_caption(&root);
-        let d = data.display();
-        let preset = root.join("tiny_caption.sh");
-        std::fs::write(
-            &preset,
-            format!(
-                "# the demo caption recipe, tiny\nsource demo_caption_el.sh\nsynth_task=\n\
-                 data={d}/train.tsv,{d}/val.tsv\nbpe_dir={d}/bpe\npatch_image_size=32\nmax_update={MAX_UPDATE}\n\
-                 log_interval=1\nsave_interval_updates=10\nvalidate_interval_updates=0\n\
-                 eval_args='{{\"beam\":1,\"max_len_b\":4}}'\nsave_path=./run\nlog_dir=./logs\n"
-            ),
-        )
-        .unwrap();
+        let preset = tiny_caption_preset(&root, &data, MAX_UPDATE);
         let reference = root.join("reference");
         std::fs::create_dir(&reference).unwrap();
         let status = launch(&reference, &preset, &[]).status().unwrap();
@@ -82,27 +63,10 @@ fn console(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("console")).unwrap_or_default()
 }
 
-/// Every tensor of a checkpoint (model, optimizer state, loss scaler) as raw bytes.
-fn all_tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .unwrap_or_else(|e| panic!("{} is not a loadable checkpoint: {e}", path.display()));
-    st.tensors().into_iter().map(|(name, t)| (name, t.data().to_vec())).collect()
-}
-
 fn assert_same_as_reference(run: &Path) {
-    let (a, b) = (
-        all_tensors(&setup().reference.join("checkpoint_last.safetensors")),
-        all_tensors(&run.join("checkpoint_last.safetensors")),
-    );
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    assert!(a.keys().any(|k| k.starts_with("optimizer.")), "the optimizer state is compared too");
-    let differ: Vec<&String> = a.keys().filter(|k| a[*k] != b[*k]).collect();
-    assert!(
-        differ.is_empty(),
-        "{} tensors differ from the uninterrupted run, e.g. {:?}",
-        differ.len(),
-        &differ[..differ.len().min(5)]
+    assert_same_checkpoint(
+        &setup().reference.join("checkpoint_last.safetensors"),
+        &run.join("checkpoint_last.safetensors"),
     );
 }
 
@@ -152,14 +116,6 @@ fn kill_rank_1_after(job: &Child, dir: &Path, updates: u64) {
     }
     let victim = trainer_of_rank(job.id() as i32, 1).expect("rank 1's elfin-train is running");
     kill(victim, libc::SIGKILL);
-}
-
-fn logged_updates(run: &Path) -> u64 {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["num_updates"].as_u64())
-        .max()
-        .unwrap_or(0)
 }
 
 fn wait_exit(child: &mut Child, limit: Duration, dir: &Path) -> Option<i32> {

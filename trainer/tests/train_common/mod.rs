@@ -107,3 +107,62 @@ pub fn max_param_diff(a: &Path, b: &Path) -> f32 {
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     a.iter().map(|(k, x)| x.iter().zip(&b[k]).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max)).fold(0f32, f32::max)
 }
+
+/// Every tensor of a checkpoint (model, optimizer state, loss scaler) as raw bytes.
+pub fn all_tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap_or_else(|e| panic!("{} is not a loadable checkpoint: {e}", path.display()));
+    st.tensors().into_iter().map(|(name, t)| (name, t.data().to_vec())).collect()
+}
+
+/// Asserts that two checkpoints hold the same tensors, bit for bit, optimizer state included.
+pub fn assert_same_checkpoint(reference: &Path, other: &Path) {
+    let (a, b) = (all_tensors(reference), all_tensors(other));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    assert!(a.keys().any(|k| k.starts_with("optimizer.")), "the optimizer state is compared too");
+    let differ: Vec<&String> = a.keys().filter(|k| a[*k] != b[*k]).collect();
+    assert!(
+        differ.is_empty(),
+        "{} tensors of {} differ from {}, e.g. {:?}",
+        differ.len(),
+        other.display(),
+        reference.display(),
+        &differ[..differ.len().min(5)]
+    );
+}
+
+/// The last update a run logged to its metrics.jsonl (0 before the first).
+pub fn logged_updates(run: &Path) -> u64 {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["num_updates"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// The `elfin` launcher built next to the trainer.
+pub fn launcher() -> PathBuf {
+    let path = Path::new(TRAINER).with_file_name("elfin");
+    assert!(path.exists(), "{} is missing: build the workspace first (make build)", path.display());
+    path
+}
+
+/// A preset file in `root` for the demo caption recipe on the tiny dataset
+/// `data`: 32 px, a checkpoint every 10 updates (with its validation, greedy
+/// and short), dropout and drop path on.
+pub fn tiny_caption_preset(root: &Path, data: &Path, max_update: u64) -> PathBuf {
+    let d = data.display();
+    let preset = root.join("tiny_caption.sh");
+    std::fs::write(
+        &preset,
+        format!(
+            "# the demo caption recipe, tiny\nsource demo_caption_el.sh\nsynth_task=\n\
+             data={d}/train.tsv,{d}/val.tsv\nbpe_dir={d}/bpe\npatch_image_size=32\nmax_update={max_update}\n\
+             log_interval=1\nsave_interval_updates=10\nvalidate_interval_updates=0\n\
+             eval_args='{{\"beam\":1,\"max_len_b\":4}}'\nsave_path=./run\nlog_dir=./logs\n"
+        ),
+    )
+    .unwrap();
+    preset
+}
