@@ -35,16 +35,23 @@ pub enum Outcome {
     Failed(Option<RankExit>),
 }
 
-pub fn outcome(attempt: &Attempt, ranks: usize) -> Outcome {
+pub fn outcome(attempt: &Attempt, stop_requested: bool) -> Outcome {
     let first_failure =
         attempt.exits.iter().filter(|e| e.code != 0 && e.code != EXIT_PREEMPTED).min_by_key(|e| e.at_ns).cloned();
-    if first_failure.is_some() || attempt.exits.len() < ranks || attempt.mpirun_code != 0 {
+    if first_failure.is_some() || attempt.mpirun_code != 0 {
         return Outcome::Failed(first_failure);
     }
-    if attempt.exits.iter().all(|e| e.code == 0) {
-        Outcome::Finished
-    } else {
+    // mpirun exits 0 only when every process did, and a wrapper exits 0 for
+    // 0 and for 75: a report that mpirun dropped on the way (it can lose a
+    // process's last line at exit) ended as the others did.
+    let stopped = match attempt.exits.is_empty() {
+        true => stop_requested,
+        false => attempt.exits.iter().any(|e| e.code == EXIT_PREEMPTED),
+    };
+    if stopped {
         Outcome::Stopped
+    } else {
+        Outcome::Finished
     }
 }
 
@@ -59,7 +66,7 @@ pub fn supervise(job: &Supervision) -> Result<ExitCode> {
         let mut mpirun = job.mpirun.clone();
         mpirun.set_env(ATTEMPT_ENV, &restarts.to_string());
         let attempt = run_attempt(&mpirun, job.ranks)?;
-        let outcome = outcome(&attempt, job.ranks);
+        let outcome = outcome(&attempt, stop::requested().is_some());
         let logs = job.log_dir.display();
         if stop::killed() {
             eprintln!(
@@ -264,12 +271,14 @@ mod tests {
 
     #[test]
     fn outcomes_from_the_ranks_reports() {
-        assert_eq!(outcome(&attempt(0, vec![exit(0, 0, 1), exit(1, 0, 2)]), 2), Outcome::Finished);
-        assert_eq!(outcome(&attempt(0, vec![exit(0, 75, 1), exit(1, 75, 2)]), 2), Outcome::Stopped);
-        assert_eq!(outcome(&attempt(0, vec![exit(0, 0, 1), exit(1, 75, 2)]), 2), Outcome::Stopped);
-        let failed = outcome(&attempt(3, vec![exit(0, 143, 5), exit(1, 3, 2)]), 2);
+        assert_eq!(outcome(&attempt(0, vec![exit(0, 0, 1), exit(1, 0, 2)]), false), Outcome::Finished);
+        assert_eq!(outcome(&attempt(0, vec![exit(0, 75, 1), exit(1, 75, 2)]), true), Outcome::Stopped);
+        assert_eq!(outcome(&attempt(0, vec![exit(0, 0, 1), exit(1, 75, 2)]), false), Outcome::Stopped);
+        let failed = outcome(&attempt(3, vec![exit(0, 143, 5), exit(1, 3, 2)]), false);
         assert_eq!(failed, Outcome::Failed(Some(exit(1, 3, 2))), "the first failure by time");
-        assert_eq!(outcome(&attempt(0, vec![exit(0, 0, 1)]), 2), Outcome::Failed(None), "a rank never reported");
+        assert_eq!(outcome(&attempt(0, vec![exit(0, 0, 1)]), false), Outcome::Finished, "a report lost, mpirun 0");
+        assert_eq!(outcome(&attempt(0, vec![]), true), Outcome::Stopped, "every report lost after a stop");
+        assert_eq!(outcome(&attempt(137, vec![exit(0, 0, 1)]), false), Outcome::Failed(None), "a rank died silently");
     }
 
     #[test]
