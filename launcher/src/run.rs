@@ -24,6 +24,9 @@ pub const ATTEMPT_ENV: &str = "ELFIN_ATTEMPT";
 pub const EXIT_PREEMPTED: i32 = 75;
 
 /// `LOG_DIR/rank-N-HOST.log`: on a shared log dir, which node a rank ran on shows in its name.
+/// How long a wrapper waits after its exit report before exiting.
+const REPORT_LINGER: Duration = Duration::from_millis(300);
+
 pub fn rank_log(log_dir: &Path, rank: u32, host: &str) -> PathBuf {
     log_dir.join(format!("rank-{rank}-{host}.log"))
 }
@@ -178,6 +181,9 @@ pub fn run_rank(log_dir: &Path, trainer: &[String]) -> Result<ExitCode> {
             log: log_path.display().to_string(),
         };
         eprintln!("{}", exit.line());
+        // mpirun can drop a process's last output when it sees the process end
+        // (and abort the job) first: stay long enough for the report to be read.
+        std::thread::sleep(REPORT_LINGER);
         match code {
             0 | EXIT_PREEMPTED => ExitCode::SUCCESS,
             c => ExitCode::from(c.clamp(1, 255) as u8),
