@@ -145,7 +145,7 @@ fn param_diff(a: &Path, b: &Path) -> f32 {
 
 fn valid_record(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap();
-    let last = text.lines().filter(|l| l.contains("\"kind\":\"valid\"")).last();
+    let last = text.lines().rev().find(|l| l.contains("\"kind\":\"valid\""));
     serde_json::from_str(last.unwrap_or_else(|| panic!("no validation in {}", dir.display()))).unwrap()
 }
 

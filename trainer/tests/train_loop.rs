@@ -193,9 +193,9 @@ fn a_checkpoint_scores_the_same_in_training_and_in_eval_on_any_ranks_and_batch_s
     let metrics = std::fs::read_to_string(save.join("metrics.jsonl")).unwrap();
     let in_training: serde_json::Value = metrics
         .lines()
+        .rev()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "valid")
-        .last()
+        .find(|v| v["kind"] == "valid")
         .expect("a validation at the last update");
     let checkpoint = format!("--checkpoint={}", save.join("checkpoint_last.safetensors").display());
     let eval_args = |out: &str, extra: &[&str]| {
