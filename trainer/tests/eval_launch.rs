@@ -5,15 +5,9 @@
 mod train_common;
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use train_common::TRAINER;
-
-fn launcher() -> PathBuf {
-    let path = Path::new(TRAINER).with_file_name("elfin");
-    assert!(path.exists(), "{} is missing: build the workspace first (make build)", path.display());
-    path
-}
+use train_common::launcher;
 
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -17,12 +17,6 @@ const CLUSTER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/lo
 /// The jobs of this file take every core: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn launcher() -> PathBuf {
-    let path = Path::new(TRAINER).with_file_name("elfin");
-    assert!(path.exists(), "{} is missing: build the workspace first (make build)", path.display());
-    path
-}
-
 /// The tiny data and the demo caption recipe on it, 32 px. Dropout and drop
 /// path are off: their masks depend on which rank draws them, so with them
 /// no two layouts of ranks train the same model.

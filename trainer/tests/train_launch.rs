@@ -3,17 +3,10 @@
 
 mod train_common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use train_common::*;
-
-/// `elfin`, built beside `elfin-train` by `cargo build --release --workspace` (`make test` does).
-fn launcher() -> PathBuf {
-    let path = Path::new(TRAINER).with_file_name("elfin");
-    assert!(path.exists(), "{} is missing: build the workspace first (make build)", path.display());
-    path
-}
 
 #[test]
 fn a_preset_runs_a_few_updates_on_two_ranks() {
