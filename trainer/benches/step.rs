@@ -23,7 +23,7 @@ use clap::Parser;
 use elfin_trainer::criterion::{backward_with_grad, Criterion, CriterionArgs};
 use elfin_trainer::dist::{trainable_named, GradSync, ProcessGroup};
 use elfin_trainer::model::{NetInput, OfaConfig, OfaModel, Precision};
-use elfin_trainer::optim::{clip_grad_norm, Adam, AdamKernel, ClipRule, OptimArgs};
+use elfin_trainer::optim::{clip_grad_norm, Adam, AdamKernel, ClipRule, GradUse, OptimArgs};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -180,15 +180,10 @@ impl Bench {
         let clipping = self.now();
         let multiplier = 1.0 / (sample_size as f64).max(1.0);
         let grads: Vec<Tensor> = self.params.iter().map(|(_, p)| p.grad()).collect();
-        clip_grad_norm(&grads, self.cli.optim.clip_norm, multiplier, ClipRule::WithEpsilon);
+        let clip = clip_grad_norm(&grads, self.cli.optim.clip_norm, multiplier, ClipRule::WithEpsilon);
         let stepping = self.now();
-        self.adam.step(&self.params, self.cli.optim.lr).expect("Adam step");
-        for (_, p) in &self.params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+        let uses = GradUse { factor: clip.factor, zero_after: true };
+        self.adam.step(&self.params, self.cli.optim.lr, uses).expect("Adam step");
         let end = self.now();
         Phases {
             forward_loss_backward: (clipping - start).as_secs_f64(),
@@ -218,7 +213,7 @@ impl Bench {
                     "adam" => {
                         self.adam.set_kernel([AdamKernel::Fused, AdamKernel::TensorOps][variant]);
                         let start = self.now();
-                        self.adam.step(&self.params, self.cli.optim.lr).expect("Adam step");
+                        self.adam.step(&self.params, self.cli.optim.lr, GradUse::AS_IS).expect("Adam step");
                         (self.now() - start).as_secs_f64()
                     }
                     "bf16" => self.step([Precision::Fp32, Precision::Bf16][variant]).total(),

@@ -2,7 +2,9 @@
 //! gradient clipping, and the fp16 loss scaler.
 
 use elfin_trainer::optim::loss_scaler::default_scale_window;
-use elfin_trainer::optim::{clip_grad_norm, Adam, AdamKernel, ClipRule, DynamicLossScaler, LossScalerState};
+use elfin_trainer::optim::{
+    clip_grad_norm, Adam, AdamKernel, ClipRule, DynamicLossScaler, GradUse, LossScalerState,
+};
 use tch::{Kind, Tensor};
 
 fn param(values: &[f32]) -> Tensor {
@@ -44,7 +46,7 @@ fn adam_matches_hand_computed_steps_with_weight_decay() {
     for (g, &lr) in grads.iter().zip(&lrs) {
         p.shallow_clone().zero_grad();
         set_grad(&p, g);
-        adam.step(&named, lr).unwrap();
+        adam.step(&named, lr, GradUse::AS_IS).unwrap();
     }
     assert_eq!(adam.num_steps(), 2);
     let got = values(&p);
@@ -71,7 +73,7 @@ fn an_update_at_lr_zero_moves_nothing_but_advances_the_moments() {
     let named = vec![("w".to_string(), p.shallow_clone())];
     let mut adam = Adam::with_hyperparameters(0.9, 0.999, 1e-8, 0.01);
     set_grad(&p, &[1.0, -1.0]);
-    adam.step(&named, 0.0).unwrap();
+    adam.step(&named, 0.0, GradUse::AS_IS).unwrap();
     assert_eq!(values(&p), vec![1.0, 2.0]);
     let state = adam.state();
     assert_eq!(state.step, 1);
@@ -86,7 +88,7 @@ fn a_parameter_without_gradient_still_decays() {
     let p = param(&[2.0]);
     let named = vec![("unused".to_string(), p.shallow_clone())];
     let mut adam = Adam::with_hyperparameters(0.9, 0.999, 1e-8, 0.1);
-    adam.step(&named, 0.5).unwrap();
+    adam.step(&named, 0.5, GradUse::AS_IS).unwrap();
     assert!((values(&p)[0] - 2.0 * (1.0 - 0.05)).abs() < 1e-7);
 }
 
@@ -96,7 +98,7 @@ fn adam_state_round_trips_and_rejects_unknown_parameters() {
     let named = vec![("w".to_string(), p.shallow_clone())];
     let mut a = Adam::with_hyperparameters(0.9, 0.999, 1e-8, 0.0);
     set_grad(&p, &[1.0, 1.0]);
-    a.step(&named, 0.1).unwrap();
+    a.step(&named, 0.1, GradUse::AS_IS).unwrap();
     let mut b = Adam::with_hyperparameters(0.9, 0.999, 1e-8, 0.0);
     b.load_state(a.state(), &named).unwrap();
     assert_eq!(b.num_steps(), 1);
@@ -112,26 +114,32 @@ fn clipping_uses_the_true_norm_and_reports_it() {
     let g = grads();
     let out = clip_grad_norm(&g, 1.0, 1.0, ClipRule::Exact);
     assert_eq!((out.gnorm, out.clipped), (5.0, true));
+    assert_eq!(values(&g[0])[0], 3.0, "the norm leaves the gradients alone");
+    out.apply(&g);
     assert!((values(&g[0])[0] - 0.6).abs() < 1e-7 && (values(&g[1])[0] - 0.8).abs() < 1e-7);
     // The multiplier (1 / (scale × sample size)) is part of the true norm.
     let g = grads();
     let out = clip_grad_norm(&g, 1.0, 0.1, ClipRule::Exact);
     assert!((out.gnorm - 0.5).abs() < 1e-7 && !out.clipped);
+    out.apply(&g);
     assert!((values(&g[1])[0] - 0.4).abs() < 1e-7, "multiplier applied once");
     // fp32 rule: max / (norm + 1e-6).
     let g = grads();
     let out = clip_grad_norm(&g, 1.0, 1.0, ClipRule::WithEpsilon);
     assert!(out.clipped);
+    out.apply(&g);
     assert!((values(&g[1])[0] - 4.0 / (5.0 + 1e-6)).abs() < 1e-7);
     // Clipping off: norm reported, gradients only multiplied.
     let g = grads();
     let out = clip_grad_norm(&g, 0.0, 2.0, ClipRule::Exact);
     assert_eq!((out.gnorm, out.clipped), (10.0, false));
+    out.apply(&g);
     assert_eq!(values(&g[1]), vec![8.0]);
     // Overflow: an infinite norm, gradients left alone for the skip.
     let g = vec![Tensor::from_slice(&[f32::INFINITY, 1.0])];
     let out = clip_grad_norm(&g, 1.0, 0.5, ClipRule::Exact);
     assert!(!out.is_finite() && !out.clipped);
+    out.apply(&g);
     assert_eq!(values(&g[0])[1], 1.0);
     let g = vec![Tensor::from_slice(&[f32::NAN])];
     assert!(clip_grad_norm(&g, 1.0, 1.0, ClipRule::Exact).gnorm.is_nan());
@@ -209,7 +217,9 @@ fn adam_and_clipping_on_cuda_match_the_cpu() {
             (&p * g.to_device(device)).sum(Kind::Float).backward();
             let out = clip_grad_norm(&[p.grad()], 1.0, 0.5, ClipRule::Exact);
             norms.push(out.gnorm);
-            adam.step(&named, 1e-3 * (i + 1) as f64).unwrap();
+            let uses = GradUse { factor: out.factor, zero_after: true };
+            adam.step(&named, 1e-3 * (i + 1) as f64, uses).unwrap();
+            assert_eq!(p.grad().abs().max().double_value(&[]), 0.0, "the step zeroes the gradients");
         }
         (p.detach().to_device(tch::Device::Cpu), norms)
     };
@@ -222,10 +232,20 @@ fn adam_and_clipping_on_cuda_match_the_cpu() {
     }
 }
 
+/// How a run hands the clip factor to Adam.
+#[derive(Clone, Copy, PartialEq)]
+enum Clip {
+    /// The gradients multiplied in place first, Adam reading them as they
+    /// are and zeroed afterwards: the previous arithmetic.
+    InPlace,
+    /// The factor and the zeroing left to Adam's own pass.
+    Folded,
+}
+
 /// Parameters of awkward sizes (vector tails), one without a gradient, and
-/// their moments after `steps` Adam steps with weight decay and a changing
-/// LR, through the given kernel, as raw bits.
-fn adam_run_bits(kernel: AdamKernel, steps: usize) -> Vec<Vec<u32>> {
+/// their moments after `steps` Adam steps with weight decay, a changing
+/// LR and clipping, through the given kernel, as raw bits.
+fn adam_run_bits(kernel: AdamKernel, steps: usize, clip: Clip) -> Vec<Vec<u32>> {
     tch::manual_seed(11);
     let sizes: [&[i64]; 6] = [&[7], &[33, 5], &[1], &[4, 3, 17], &[129], &[70_001]];
     let named: Vec<(String, Tensor)> = sizes
@@ -245,7 +265,23 @@ fn adam_run_bits(kernel: AdamKernel, steps: usize) -> Vec<Vec<u32>> {
                 (p * g).sum(Kind::Float).backward();
             }
         }
-        adam.step(&named, 1e-3 * (1.0 + step as f64) / 3.0).unwrap();
+        let grads: Vec<Tensor> = named.iter().map(|(_, p)| p.grad()).collect();
+        let out = clip_grad_norm(&grads, 1.0, 1.0 / 333.0, ClipRule::WithEpsilon);
+        assert!(out.factor != 1.0, "the factor must change the gradients");
+        let lr = 1e-3 * (1.0 + step as f64) / 3.0;
+        let uses = match clip {
+            Clip::InPlace => {
+                out.apply(&grads);
+                GradUse::AS_IS
+            }
+            Clip::Folded => GradUse { factor: out.factor, zero_after: true },
+        };
+        adam.step(&named, lr, uses).unwrap();
+        if clip == Clip::Folded {
+            for g in grads.iter().filter(|g| g.defined()) {
+                assert_eq!(g.abs().max().double_value(&[]), 0.0, "the step zeroes the gradients");
+            }
+        }
     }
     let bits = |t: &Tensor| {
         let v = Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
@@ -263,25 +299,31 @@ fn adam_run_bits(kernel: AdamKernel, steps: usize) -> Vec<Vec<u32>> {
 
 #[test]
 fn fused_adam_gives_the_bits_of_the_tensor_op_adam() {
-    let tensor_ops = adam_run_bits(AdamKernel::TensorOps, 6);
-    let fused = adam_run_bits(AdamKernel::Fused, 6);
-    assert_eq!(fused.len(), tensor_ops.len());
-    for (i, (f, t)) in fused.iter().zip(&tensor_ops).enumerate() {
-        let differing = f.iter().zip(t).filter(|(a, b)| a != b).count();
-        assert_eq!(
-            differing,
-            0,
-            "tensor {i} (parameter {}, {}): {differing} of {} elements differ",
-            i / 3,
-            ["weights", "exp_avg", "exp_avg_sq"][i % 3],
-            f.len()
-        );
+    let tensor_ops = adam_run_bits(AdamKernel::TensorOps, 6, Clip::InPlace);
+    for (what, kernel, clip) in [
+        ("fused kernel, clip factor folded in", AdamKernel::Fused, Clip::Folded),
+        ("fused kernel, gradients clipped in place", AdamKernel::Fused, Clip::InPlace),
+        ("tensor ops, clip factor folded in", AdamKernel::TensorOps, Clip::Folded),
+    ] {
+        let got = adam_run_bits(kernel, 6, clip);
+        assert_eq!(got.len(), tensor_ops.len());
+        for (i, (f, t)) in got.iter().zip(&tensor_ops).enumerate() {
+            let differing = f.iter().zip(t).filter(|(a, b)| a != b).count();
+            assert_eq!(
+                differing,
+                0,
+                "{what}: tensor {i} (parameter {}, {}): {differing} of {} elements differ",
+                i / 3,
+                ["weights", "exp_avg", "exp_avg_sq"][i % 3],
+                f.len()
+            );
+        }
     }
     // Split over threads (pieces of the large parameter), the same bits.
     tch::set_num_threads(2);
-    let threaded = adam_run_bits(AdamKernel::Fused, 6);
+    let threaded = adam_run_bits(AdamKernel::Fused, 6, Clip::Folded);
     tch::set_num_threads(1);
     assert!(threaded == tensor_ops, "the fused kernel on 2 threads gives other bits");
     // A different run (one step fewer) differs, so the comparison has teeth.
-    assert_ne!(adam_run_bits(AdamKernel::Fused, 5)[0], fused[0]);
+    assert_ne!(adam_run_bits(AdamKernel::Fused, 5, Clip::Folded)[0], tensor_ops[0]);
 }

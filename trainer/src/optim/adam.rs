@@ -27,6 +27,25 @@ pub struct Moments {
     pub exp_avg_sq: Tensor,
 }
 
+/// What a step does with the gradients it reads. The clipper leaves its
+/// factor (1 / (loss scale × kept tokens) times the clip coefficient) to
+/// this pass, and the gradients can be zeroed here for the next update's
+/// accumulation: neither costs a pass of its own over memory. The result is
+/// the same as multiplying the gradients in place first (libtorch's
+/// `mul_`, float32) and zeroing them afterwards.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GradUse {
+    /// The gradient the step uses is `factor × .grad`.
+    pub factor: f64,
+    /// Zero every `.grad` once it has been used (else they are left as they were).
+    pub zero_after: bool,
+}
+
+impl GradUse {
+    /// The gradients as they are, left in place.
+    pub const AS_IS: GradUse = GradUse { factor: 1.0, zero_after: false };
+}
+
 /// How a float32 CPU parameter is stepped (others always use `TensorOps`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdamKernel {
@@ -117,6 +136,9 @@ struct Coefficients {
     decay: Option<f32>,
     /// `−lr·sqrt(1 − β2^t)/(1 − β1^t)`.
     neg_step_size: f32,
+    /// [`GradUse::factor`].
+    grad_factor: f32,
+    zero_grad: bool,
 }
 
 impl Adam {
@@ -140,12 +162,12 @@ impl Adam {
     }
 
     /// One update of every parameter in `params` with learning rate `lr`,
-    /// reading the gradients from `p.grad()`, which must already be unscaled,
-    /// normalised and clipped. A trainable parameter without a gradient is
+    /// reading the gradients from `p.grad()`: unscaled, normalised and
+    /// clipped once multiplied by `grads.factor`. A trainable parameter without a gradient is
     /// stepped with a zero gradient (its moments decay, weight decay applies),
     /// as in the reference's flat fp32 gradient buffer. Every step must pass
     /// the same parameters in the same order.
-    pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<()> {
+    pub fn step(&mut self, params: &[(String, Tensor)], lr: f64, grads: GradUse) -> Result<()> {
         let state = self.state.take().unwrap_or_else(|| FlatMoments::new(params));
         if !state.matches(params) {
             self.state = Some(state);
@@ -167,6 +189,8 @@ impl Adam {
             eps: self.eps as f32,
             decay: (self.weight_decay != 0.0).then_some((-self.weight_decay * lr) as f32),
             neg_step_size: (-step_size) as f32,
+            grad_factor: grads.factor as f32,
+            zero_grad: grads.zero_after,
         };
         let rounding = addcmul_rounding();
         let mut fused = Vec::new();
@@ -177,7 +201,7 @@ impl Adam {
                 if self.kernel == AdamKernel::Fused && fusable(param, grad.as_ref()) {
                     fused.push(FusedJob::new(param, grad.as_ref(), &moments, rounding));
                 } else {
-                    self.step_tensor_ops(param, grad, moments, lr, step_size);
+                    self.step_tensor_ops(param, grad, moments, lr, step_size, grads);
                 }
             }
         });
@@ -188,11 +212,24 @@ impl Adam {
     }
 
     /// The reference's arithmetic as libtorch ops on one parameter.
-    fn step_tensor_ops(&self, param: &Tensor, grad: Option<Tensor>, moments: Moments, lr: f64, step_size: f64) {
-        let grad = match grad {
+    fn step_tensor_ops(
+        &self,
+        param: &Tensor,
+        mut grad: Option<Tensor>,
+        moments: Moments,
+        lr: f64,
+        step_size: f64,
+        uses: GradUse,
+    ) {
+        let g = match &grad {
+            Some(g) if uses.factor != 1.0 => g.to_kind(Kind::Float) * uses.factor,
             Some(g) => g.to_kind(Kind::Float),
             None => Tensor::zeros_like(param).to_kind(Kind::Float),
         };
+        if let (Some(used), true) = (&mut grad, uses.zero_after) {
+            let _ = used.zero_();
+        }
+        let grad = g;
         let Moments { exp_avg: mut m, exp_avg_sq: mut v } = moments;
         let _ = m.g_mul_scalar_(self.beta1);
         let _ = m.g_add_(&(&grad * (1.0 - self.beta1)));
@@ -280,7 +317,7 @@ fn fusable(param: &Tensor, grad: Option<&Tensor>) -> bool {
 #[derive(Clone, Copy)]
 struct FusedJob {
     param: *mut f32,
-    grad: Option<*const f32>,
+    grad: Option<*mut f32>,
     exp_avg: *mut f32,
     exp_avg_sq: *mut f32,
     len: usize,
@@ -314,7 +351,7 @@ impl FusedJob {
         let len = param.numel();
         FusedJob {
             param: param.data_ptr() as *mut f32,
-            grad: grad.map(|g| g.data_ptr() as *const f32),
+            grad: grad.map(|g| g.data_ptr() as *mut f32),
             exp_avg: m.exp_avg.data_ptr() as *mut f32,
             exp_avg_sq: m.exp_avg_sq.data_ptr() as *mut f32,
             len,
@@ -337,7 +374,8 @@ impl FusedJob {
         }
     }
 
-    /// One Adam step of this piece: `m ← β1·m + (1−β1)·g`,
+    /// One Adam step of this piece, with `g` the gradient times its factor
+    /// (zeroed afterwards if asked): `m ← β1·m + (1−β1)·g`,
     /// `v ← β2·v + (1−β2)·g·g` (as libtorch's `mul_`, `add_` and `addcmul_`
     /// round them), then `p ← p − lr·wd·p − step_size · m / (sqrt(v) + eps)`.
     fn step(&self, c: &Coefficients, r: &AddcmulRounding) {
@@ -370,17 +408,21 @@ impl FusedJob {
                 std::slice::from_raw_parts_mut(self.exp_avg_sq, self.len),
             )
         };
-        let zeros;
+        let mut zeros;
         let g = match self.grad {
-            Some(g) => unsafe { std::slice::from_raw_parts(g, self.len) },
+            Some(g) => unsafe { std::slice::from_raw_parts_mut(g, self.len) },
             None => {
                 zeros = vec![0.0; self.len];
-                &zeros
+                &mut zeros[..]
             }
         };
         let t = self.tail_from;
         moments(&mut m[..t], &mut v[..t], &g[..t], c, r.body_fma);
         moments(&mut m[t..], &mut v[t..], &g[t..], c, r.tail_fma);
+        if c.zero_grad {
+            // While the piece is in cache: no pass of its own over memory.
+            g.fill(0.0);
+        }
         let mut sqrt = vec![0.0f32; self.len];
         libtorch_sqrt(v, &mut sqrt);
         for ((p, &m), &sqrt) in p.iter_mut().zip(&*m).zip(&sqrt) {
@@ -410,6 +452,8 @@ fn libtorch_sqrt(x: &[f32], out: &mut [f32]) {
 #[inline(always)]
 fn moments(m: &mut [f32], v: &mut [f32], g: &[f32], c: &Coefficients, fma: bool) {
     for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(g) {
+        // As libtorch's `mul_` by the factor (exact when it is 1).
+        let g = g * c.grad_factor;
         *m = *m * c.beta1 + g * c.one_minus_beta1;
         let (decayed, scaled) = (*v * c.beta2, g * c.one_minus_beta2);
         *v = if fma { scaled.mul_add(g, decayed) } else { decayed + scaled * g };

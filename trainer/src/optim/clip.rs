@@ -2,7 +2,8 @@
 //! (spec §6.4, §6.6). The loop hands over the raw accumulated gradients and
 //! the pending `multiplier` (1 / (loss scale × global sample size)); the norm
 //! is computed as `multiplier × ‖raw‖` and the gradients are multiplied once,
-//! by the multiplier and the clip coefficient together.
+//! by the multiplier and the clip coefficient together, inside the
+//! optimiser's pass over them.
 
 use tch::{Kind, Tensor};
 
@@ -22,6 +23,9 @@ pub struct ClipOutcome {
     pub gnorm: f64,
     /// `gnorm > max_norm` with clipping on: the `clip` log field is 100 for such updates, else 0.
     pub clipped: bool,
+    /// What the raw gradients are to be multiplied by: the multiplier times
+    /// the clip coefficient (1 when the norm is not finite).
+    pub factor: f64,
 }
 
 impl ClipOutcome {
@@ -31,26 +35,28 @@ impl ClipOutcome {
 }
 
 /// L2 norm over all tensors together, accumulated in float32 per tensor as
-/// the reference does; undefined (absent) gradients count as zero.
+/// the reference does; undefined (absent) gradients count as zero. The
+/// per-tensor norms stay on the gradients' device until the total, so a
+/// CUDA model waits for the device once, not once per tensor.
 pub fn total_norm(grads: &[Tensor]) -> f64 {
-    let norms: Vec<Tensor> = grads
-        .iter()
-        .filter(|g| g.defined())
-        .map(|g| g.norm_scalaropt_dtype(2.0, Kind::Float).to_device(tch::Device::Cpu))
-        .collect();
+    let norms: Vec<Tensor> =
+        grads.iter().filter(|g| g.defined()).map(|g| g.norm_scalaropt_dtype(2.0, Kind::Float)).collect();
     if norms.is_empty() {
         return 0.0;
     }
     Tensor::stack(&norms, 0).norm().double_value(&[])
 }
 
-/// Computes the true gradient norm and, when it is finite, scales the
-/// gradients in place by `multiplier` times the clip coefficient.
-/// `max_norm <= 0` disables clipping (the gradients are still multiplied).
+/// Computes the true gradient norm and the factor the gradients are to be
+/// multiplied by: `multiplier` times the clip coefficient. It leaves the
+/// gradients alone, so that the optimiser can apply the factor in its own
+/// pass over them ([`crate::optim::GradUse`]); [`ClipOutcome::apply`] does it
+/// separately. `max_norm <= 0` disables clipping (the factor is then the
+/// multiplier).
 pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64, multiplier: f64, rule: ClipRule) -> ClipOutcome {
     let gnorm = multiplier * total_norm(grads);
     if !gnorm.is_finite() {
-        return ClipOutcome { gnorm, clipped: false };
+        return ClipOutcome { gnorm, clipped: false, factor: 1.0 };
     }
     let clipping = max_norm > 0.0;
     let coefficient = match rule {
@@ -58,13 +64,18 @@ pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64, multiplier: f64, rule: Cl
         ClipRule::WithEpsilon if clipping => (max_norm / (gnorm + 1e-6)).min(1.0),
         _ => 1.0,
     };
-    let factor = multiplier * coefficient;
-    if factor != 1.0 {
-        tch::no_grad(|| {
-            for g in grads.iter().filter(|g| g.defined()) {
-                let _ = g.shallow_clone().g_mul_scalar_(factor);
-            }
-        });
+    ClipOutcome { gnorm, clipped: clipping && gnorm > max_norm, factor: multiplier * coefficient }
+}
+
+impl ClipOutcome {
+    /// Multiplies the gradients in place by [`ClipOutcome::factor`].
+    pub fn apply(&self, grads: &[Tensor]) {
+        if self.factor != 1.0 {
+            tch::no_grad(|| {
+                for g in grads.iter().filter(|g| g.defined()) {
+                    let _ = g.shallow_clone().g_mul_scalar_(self.factor);
+                }
+            });
+        }
     }
-    ClipOutcome { gnorm, clipped: clipping && gnorm > max_norm }
 }

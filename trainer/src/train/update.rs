@@ -7,6 +7,7 @@ use super::Trainer;
 use crate::criterion::backward_with_grad;
 use crate::data::MicroBatch;
 use crate::metrics_log::UpdateStats;
+use crate::optim::GradUse;
 use anyhow::{bail, Result};
 use std::time::Instant;
 
@@ -67,7 +68,7 @@ impl Trainer {
         let sums = Sums::from_array(totals);
 
         // Summed over ranks in place in the buckets; the division by the loss
-        // scale times the global kept-token count rides on the clipping pass.
+        // scale times the global kept-token count rides on the clip factor.
         // The gradients are views into the buckets; the norm is taken per
         // tensor in float32, as the reference does (one float32 reduction
         // over a whole bucket of millions of values loses about 1e-4).
@@ -98,11 +99,11 @@ impl Trainer {
             );
         }
         let lr = self.lr.lr(self.progress.num_updates);
-        self.adam.step(&self.params, lr)?;
+        // The clip factor and the zeroing for the next update ride on Adam's pass.
+        self.adam.step(&self.params, lr, GradUse { factor: clip.factor, zero_after: true })?;
         if let Some(scaler) = &mut self.scaler {
             scaler.update();
         }
-        self.zero_grads();
         self.progress.num_updates += 1;
         if self.args.dist.consistency_due(self.progress.num_updates) {
             crate::dist::check_consistency(&self.pg, self.params.iter().map(|(n, t)| (n.as_str(), t)))?;
