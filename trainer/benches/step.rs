@@ -22,6 +22,7 @@
 use clap::Parser;
 use elfin_trainer::criterion::{backward_with_grad, Criterion, CriterionArgs};
 use elfin_trainer::dist::{trainable_named, GradSync, ProcessGroup};
+use elfin_trainer::model::resnet::ImageLayout;
 use elfin_trainer::model::{NetInput, OfaConfig, OfaModel, Precision};
 use elfin_trainer::optim::{clip_grad_norm, Adam, AdamKernel, ClipRule, GradUse, OptimArgs};
 use std::time::Instant;
@@ -78,11 +79,6 @@ fn kernel(name: &str) -> AdamKernel {
     }
 }
 
-/// The same images with channels-last strides (NHWC in memory), which
-/// libtorch's convolutions keep through the whole ResNet.
-fn channels_last(images: &Tensor) -> Tensor {
-    images.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
-}
 
 /// Seconds of one step's phases.
 struct Phases {
@@ -195,7 +191,6 @@ impl Bench {
 
     /// Seconds of variant `b` (the second) of `what`, then of `a`, per round.
     fn compare(&mut self, what: &str, precision: Precision) -> serde_json::Value {
-        let default_images = self.input.patch_images.shallow_clone();
         let (mut first, mut second) = (vec![], vec![]);
         let names: [&str; 2] = match what {
             "adam" => {
@@ -218,15 +213,14 @@ impl Bench {
                     }
                     "bf16" => self.step([Precision::Fp32, Precision::Bf16][variant]).total(),
                     _ => {
-                        self.input.patch_images =
-                            if variant == 0 { default_images.shallow_clone() } else { channels_last(&default_images) };
+                        self.model.set_image_layout([ImageLayout::AsGiven, ImageLayout::ChannelsLast][variant]);
                         self.step(precision).total()
                     }
                 };
                 times.push(seconds);
             }
         }
-        self.input.patch_images = default_images;
+        self.model.set_image_layout(ImageLayout::Auto);
         serde_json::json!({
             "what": what,
             format!("{}_median_s", names[0]): median(&first),

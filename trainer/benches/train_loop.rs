@@ -1,7 +1,8 @@
 //! The training loop's overhead: the time of a whole update (data, forward,
 //! backward, loss, all-reduce, optimiser, logging) against forward + backward
 //! alone, both measured by rank 0 of the same 2-rank run (`ups` and
-//! `fwd_bwd_wall` of metrics.jsonl, over the second half of the run).
+//! `fwd_bwd_wall` of metrics.jsonl, over the second half of the run), and
+//! the split of the rest (`comm_wall`, `optim_wall`).
 //!
 //!     cargo bench -p elfin-trainer --bench train_loop [-- --updates 40 --tiny-updates 8 --arch ofa_micro --trainer PATH]
 //!
@@ -69,13 +70,18 @@ fn run(trainer: &str, dir: &Path, arch: &str, image: u32, batch: u32, updates: u
     let update = 1.0 / last["ups"].as_f64().unwrap();
     let fwd_bwd = last["fwd_bwd_wall"].as_f64().unwrap() / n;
     let train = last["train_wall"].as_f64().unwrap() / n;
+    let comm = last["comm_wall"].as_f64().unwrap() / n;
+    let optim = last["optim_wall"].as_f64().unwrap() / n;
     println!(
-        "result: {arch:<10} {image:>3}px batch {batch} x 2 ranks: update {:.1} ms, train step {:.1} ms, forward+backward {:.1} ms, overhead {:.1}% ({:.1}% outside the train step)",
+        "result: {arch:<10} {image:>3}px batch {batch} x 2 ranks: update {:.1} ms, train step {:.1} ms, forward+backward {:.1} ms, overhead {:.1}% ({:.1}% outside the train step); of the update: all-reduces {:.1} ms (waits included), norm+Adam {:.1} ms, loss and the rest {:.1} ms",
         update * 1e3,
         train * 1e3,
         fwd_bwd * 1e3,
         100.0 * (update / fwd_bwd - 1.0),
         100.0 * (update / train - 1.0),
+        comm * 1e3,
+        optim * 1e3,
+        (train - fwd_bwd - comm - optim) * 1e3,
     );
 }
 

@@ -30,6 +30,11 @@ pub struct UpdateStats {
     /// Of `train_wall`, the seconds in the model's forward and backward passes
     /// (the rest is the loss, the all-reduces and the optimiser).
     pub fwd_bwd_wall: f64,
+    /// Of `train_wall`, the seconds in the all-reduces of the gradients and
+    /// of the statistics, waiting for slower ranks included.
+    pub comm_wall: f64,
+    /// Of `train_wall`, the seconds in the gradient norm and the Adam step.
+    pub optim_wall: f64,
 }
 
 enum Meter {
@@ -71,6 +76,8 @@ const ORDER: &[&str] = &[
     "loss_scale",
     "train_wall",
     "fwd_bwd_wall",
+    "comm_wall",
+    "optim_wall",
     "gb_free",
     "wall",
 ];
@@ -82,7 +89,7 @@ fn decimals(key: &str) -> Option<usize> {
         "ppl" | "ups" => Some(2),
         "wps" | "wpb" | "bsz" | "clip" | "gb_free" => Some(1),
         "loss_scale" => Some(4),
-        "train_wall" | "fwd_bwd_wall" | "wall" | "num_updates" => Some(0),
+        "train_wall" | "fwd_bwd_wall" | "comm_wall" | "optim_wall" | "wall" | "num_updates" => Some(0),
         _ => None,
     }
 }
@@ -153,6 +160,8 @@ impl Meters {
         }
         self.sum("train_wall", s.train_wall);
         self.sum("fwd_bwd_wall", s.fwd_bwd_wall);
+        self.sum("comm_wall", s.comm_wall);
+        self.sum("optim_wall", s.optim_wall);
     }
 
     /// Current values in print order, with `ppl = 2^nll_loss` (the

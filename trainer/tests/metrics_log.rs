@@ -19,6 +19,8 @@ fn meters_weight_loss_by_kept_tokens_and_nll_by_all_tokens() {
         clipped: Some(true),
         train_wall: 0.5,
         fwd_bwd_wall: 0.4,
+        comm_wall: 0.03,
+        optim_wall: 0.02,
     });
     m.log_update(&UpdateStats {
         loss: -3.0,
@@ -30,6 +32,8 @@ fn meters_weight_loss_by_kept_tokens_and_nll_by_all_tokens() {
         clipped: Some(false),
         train_wall: 0.25,
         fwd_bwd_wall: 0.2,
+        comm_wall: 0.01,
+        optim_wall: 0.02,
     });
     m.last("num_updates", 2.0);
     m.last("lr", 3e-6);
@@ -44,6 +48,7 @@ fn meters_weight_loss_by_kept_tokens_and_nll_by_all_tokens() {
     assert_eq!((get(&v, "wpb"), get(&v, "bsz"), get(&v, "ntokens")), (8.0, 3.0, 8.0));
     assert_eq!((get(&v, "gnorm"), get(&v, "clip"), get(&v, "train_wall")), (1.25, 50.0, 0.75));
     assert!((get(&v, "fwd_bwd_wall") - 0.6).abs() < 1e-12);
+    assert!((get(&v, "comm_wall") - 0.04).abs() < 1e-12 && (get(&v, "optim_wall") - 0.04).abs() < 1e-12);
     assert!(get(&v, "wps") > 0.0 && get(&v, "ups") > 0.0);
     let order: Vec<&str> = v.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
@@ -65,7 +70,9 @@ fn meters_weight_loss_by_kept_tokens_and_nll_by_all_tokens() {
             "clip",
             "loss_scale",
             "train_wall",
-            "fwd_bwd_wall"
+            "fwd_bwd_wall",
+            "comm_wall",
+            "optim_wall"
         ]
     );
     m.reset();

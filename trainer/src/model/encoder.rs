@@ -118,6 +118,11 @@ impl Encoder {
         }
     }
 
+    /// Chooses the backbone's memory layout (the default is [`resnet::ImageLayout::Auto`]).
+    pub fn set_image_layout(&mut self, layout: resnet::ImageLayout) {
+        self.embed_images.layout = layout;
+    }
+
     /// The ResNet features [B, 1024, h, w] of images [B, 3, S, S].
     pub fn image_features(&self, patch_images: &Tensor, train: bool) -> Tensor {
         self.embed_images.forward_t(patch_images, train)

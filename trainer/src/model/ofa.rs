@@ -53,6 +53,12 @@ impl OfaModel {
         }
     }
 
+    /// Chooses the image backbone's memory layout (the default, `Auto`,
+    /// picks channels-last where it was measured faster).
+    pub fn set_image_layout(&mut self, layout: super::resnet::ImageLayout) {
+        self.encoder.set_image_layout(layout);
+    }
+
     pub fn config(&self) -> &OfaConfig {
         &self.cfg
     }

@@ -3,7 +3,7 @@
 //! the reference's state-dict keys below the path the caller passes.
 
 use tch::nn::{self, ModuleT};
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 /// Blocks per stage (`layer1`, `layer2`, `layer3`) of the reference's
 /// `resnet_type` names, or `None` for a name it doesn't know.
@@ -171,6 +171,48 @@ impl ModuleT for Bottleneck {
     }
 }
 
+/// The memory layout the backbone's convolutions run in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageLayout {
+    /// Channels-last on the CPU for images of at least
+    /// [`CHANNELS_LAST_FROM`] pixels a side, the images' own layout otherwise.
+    Auto,
+    /// The images' own layout (NCHW as the data pipeline makes them).
+    AsGiven,
+    /// Channels-last (NHWC in memory) always.
+    ChannelsLast,
+}
+
+/// Smallest image side for which [`ImageLayout::Auto`] runs the CPU
+/// convolutions channels-last. Measured on the 2-core Xeon (one thread,
+/// whole training steps, `cargo bench -p elfin-trainer --bench step --
+/// --threads 1 --arch A --image S --compare channels-last`): channels-last
+/// took 0.83–0.96 of the time at 128, 256 and 384 px (ofa_micro and
+/// ofa_tiny), but 1.11 at 64 px, the demos' size. CUDA keeps the layout it
+/// is given until `scripts/gpu-check.sh` (which times both) has shown
+/// otherwise on a GPU.
+pub const CHANNELS_LAST_FROM: i64 = 128;
+
+/// The same tensor with channels-last strides (NHWC in memory).
+pub fn channels_last(images: &Tensor) -> Tensor {
+    images.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+impl ImageLayout {
+    fn arrange(self, images: &Tensor) -> Tensor {
+        let last = match self {
+            ImageLayout::Auto => images.device() == Device::Cpu && images.size()[2] >= CHANNELS_LAST_FROM,
+            ImageLayout::AsGiven => false,
+            ImageLayout::ChannelsLast => true,
+        };
+        if last {
+            channels_last(images)
+        } else {
+            images.shallow_clone()
+        }
+    }
+}
+
 /// The reference's `ResNet` (stem + `layer1..3`, no `layer4`, pool or fc):
 /// [B, 3, S, S] images to [B, 1024, S/16, S/16] features.
 #[derive(Debug)]
@@ -178,6 +220,7 @@ pub struct ResNet {
     conv1: nn::Conv2D,
     bn1: BatchNorm2d,
     stages: Vec<Vec<Bottleneck>>,
+    pub layout: ImageLayout,
 }
 
 impl ResNet {
@@ -201,7 +244,12 @@ impl ResNet {
             }
             stages.push(stage_blocks);
         }
-        ResNet { conv1: conv(p / "conv1", 3, 64, 7, 2), bn1: BatchNorm2d::new(p / "bn1", 64), stages }
+        ResNet {
+            conv1: conv(p / "conv1", 3, 64, 7, 2),
+            bn1: BatchNorm2d::new(p / "bn1", 64),
+            stages,
+            layout: ImageLayout::Auto,
+        }
     }
 
     /// `--freeze-resnet`: every BatchNorm normalises with its running
@@ -215,11 +263,47 @@ impl ResNet {
 
 impl ModuleT for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let xs = self.layout.arrange(xs);
         let mut x =
             self.bn1.forward_t(&xs.apply(&self.conv1), train).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for block in self.stages.iter().flatten() {
             x = block.forward_t(&x, train);
         }
         x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    fn is_channels_last(t: &Tensor) -> bool {
+        let (s, size) = (t.stride(), t.size());
+        s[1] == 1 && s[3] == size[1] && s[2] == size[1] * size[3]
+    }
+
+    #[test]
+    fn auto_layout_is_channels_last_on_the_cpu_from_128_pixels() {
+        let images = |side| Tensor::rand([2, 3, side, side], (Kind::Float, Device::Cpu));
+        assert!(!is_channels_last(&ImageLayout::Auto.arrange(&images(CHANNELS_LAST_FROM / 2))));
+        assert!(is_channels_last(&ImageLayout::Auto.arrange(&images(CHANNELS_LAST_FROM))));
+        assert!(!is_channels_last(&ImageLayout::AsGiven.arrange(&images(256))));
+        assert!(is_channels_last(&ImageLayout::ChannelsLast.arrange(&images(16))));
+    }
+
+    #[test]
+    fn both_layouts_give_the_same_features() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut resnet = ResNet::new(&vs.root(), &[1, 1, 1], 0.0);
+        let images = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu));
+        resnet.layout = ImageLayout::AsGiven;
+        let plain = tch::no_grad(|| resnet.forward_t(&images, false));
+        resnet.layout = ImageLayout::ChannelsLast;
+        let last = tch::no_grad(|| resnet.forward_t(&images, false));
+        assert!(is_channels_last(&last), "the layout carries through the backbone");
+        let diff = (&plain - &last).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "features differ by {diff}");
     }
 }

@@ -63,6 +63,7 @@ impl Trainer {
             sums.nsentences += batch.nsentences as f64;
             sums.sample_size += out.sample_size as f64;
         }
+        let communicating = Instant::now();
         let mut totals = sums.to_array();
         self.pg.all_reduce_f64(&mut totals)?;
         let sums = Sums::from_array(totals);
@@ -73,6 +74,8 @@ impl Trainer {
         // tensor in float32, as the reference does (one float32 reduction
         // over a whole bucket of millions of values loses about 1e-4).
         self.grad_sync.sync_sum(&self.pg)?;
+        let comm_wall = communicating.elapsed().as_secs_f64();
+        let optimising = Instant::now();
         let multiplier = 1.0 / (scale * sums.sample_size.max(1.0));
         let grads: Vec<_> = self.params.iter().map(|(_, p)| p.grad()).collect();
         let clip = crate::optim::clip_grad_norm(&grads, self.args.optim.clip_norm, multiplier, self.clip_rule());
@@ -101,6 +104,7 @@ impl Trainer {
         let lr = self.lr.lr(self.progress.num_updates);
         // The clip factor and the zeroing for the next update ride on Adam's pass.
         self.adam.step(&self.params, lr, GradUse { factor: clip.factor, zero_after: true })?;
+        let optim_wall = optimising.elapsed().as_secs_f64();
         if let Some(scaler) = &mut self.scaler {
             scaler.update();
         }
@@ -118,6 +122,8 @@ impl Trainer {
             clipped: (self.args.optim.clip_norm > 0.0).then_some(clip.clipped),
             train_wall: start.elapsed().as_secs_f64(),
             fwd_bwd_wall: fwd_bwd,
+            comm_wall,
+            optim_wall,
         }))
     }
 
