@@ -79,7 +79,6 @@ fn kernel(name: &str) -> AdamKernel {
     }
 }
 
-
 /// Seconds of one step's phases.
 struct Phases {
     forward_loss_backward: f64,

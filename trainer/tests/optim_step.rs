@@ -2,9 +2,7 @@
 //! gradient clipping, and the fp16 loss scaler.
 
 use elfin_trainer::optim::loss_scaler::default_scale_window;
-use elfin_trainer::optim::{
-    clip_grad_norm, Adam, AdamKernel, ClipRule, DynamicLossScaler, GradUse, LossScalerState,
-};
+use elfin_trainer::optim::{clip_grad_norm, Adam, AdamKernel, ClipRule, DynamicLossScaler, GradUse, LossScalerState};
 use tch::{Kind, Tensor};
 
 fn param(values: &[f32]) -> Tensor {
@@ -232,6 +230,10 @@ fn adam_and_clipping_on_cuda_match_the_cpu() {
     }
 }
 
+/// Held by a run that draws from libtorch's global generator (tests run in
+/// parallel threads), so that each run draws the same numbers every time.
+static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// How a run hands the clip factor to Adam.
 #[derive(Clone, Copy, PartialEq)]
 enum Clip {
@@ -246,6 +248,7 @@ enum Clip {
 /// their moments after `steps` Adam steps with weight decay, a changing
 /// LR and clipping, through the given kernel, as raw bits.
 fn adam_run_bits(kernel: AdamKernel, steps: usize, clip: Clip) -> Vec<Vec<u32>> {
+    let _seeded = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(11);
     let sizes: [&[i64]; 6] = [&[7], &[33, 5], &[1], &[4, 3, 17], &[129], &[70_001]];
     let named: Vec<(String, Tensor)> = sizes
@@ -326,4 +329,83 @@ fn fused_adam_gives_the_bits_of_the_tensor_op_adam() {
     assert!(threaded == tensor_ops, "the fused kernel on 2 threads gives other bits");
     // A different run (one step fewer) differs, so the comparison has teeth.
     assert_ne!(adam_run_bits(AdamKernel::Fused, 5, Clip::Folded)[0], tensor_ops[0]);
+}
+
+/// Weights of odd sizes (one never gets a gradient) and their moments after
+/// `steps` clipped Adam steps through `kernel`, as raw bits; with `flat`,
+/// the parameters first move into the gradient buckets' layout and Adam
+/// steps whole buckets where it can. Returns the bits and how many buckets
+/// the last step took whole.
+fn flat_run_bits(kernel: AdamKernel, flat: bool, steps: usize) -> (Vec<Vec<u32>>, usize) {
+    use elfin_trainer::dist::{trainable_named, GradSync, ProcessGroup};
+    let _seeded = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(5);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let root = vs.root();
+    let sizes: [&[i64]; 6] = [&[7], &[33, 5], &[1], &[4, 3, 17], &[129], &[3001]];
+    for (i, s) in sizes.iter().enumerate() {
+        let _ = root.var(&format!("p{i}"), s, tch::nn::Init::Randn { mean: 0.0, stdev: 1.0 });
+    }
+    let pg = ProcessGroup::single();
+    // 2 KB buckets: several of them, one parameter alone in its own.
+    let mut sync = GradSync::from_var_store(&vs, 2048).unwrap();
+    let mut adam = Adam::with_hyperparameters(0.9, 0.98, 1e-8, 0.01);
+    adam.set_kernel(kernel);
+    if flat {
+        sync.flatten_parameters().unwrap();
+        let runs = sync.flat_runs();
+        assert!(runs.len() >= 3, "{} buckets", runs.len());
+        // Every handle to a parameter (the var store's too) reads the flat
+        // buffers, each segment 64-byte aligned.
+        for (name, t) in vs.variables() {
+            let at = t.data_ptr() as usize;
+            assert_eq!(at % 64, 0, "{name} is not 64-byte aligned");
+            let inside = runs.iter().any(|r| {
+                let start = r.param.data_ptr() as usize;
+                (start..start + 4 * r.param.numel()).contains(&at)
+            });
+            assert!(inside, "{name} is not in a flat buffer");
+        }
+        adam.use_flat_buffers(runs).unwrap();
+    }
+    let named = trainable_named(&vs);
+    for step in 0..steps {
+        for (i, (_, p)) in named.iter().enumerate() {
+            if i != 2 {
+                let g = Tensor::randn(p.size(), (Kind::Float, tch::Device::Cpu))
+                    * Tensor::randn(p.size(), (Kind::Float, tch::Device::Cpu)).exp().pow_tensor_scalar(8.0);
+                (p * g).sum(Kind::Float).backward();
+            }
+        }
+        sync.sync_sum(&pg).unwrap();
+        let grads: Vec<Tensor> = named.iter().map(|(_, p)| p.grad()).collect();
+        let out = clip_grad_norm(&grads, 1.0, 1.0 / 333.0, ClipRule::WithEpsilon);
+        let lr = 1e-3 * (1.0 + step as f64) / 3.0;
+        adam.step(&named, lr, GradUse { factor: out.factor, zero_after: true }).unwrap();
+    }
+    let bits = |t: &Tensor| Vec::<f32>::try_from(t.flatten(0, -1)).unwrap().into_iter().map(f32::to_bits).collect();
+    let state = adam.state();
+    let all = named
+        .iter()
+        .flat_map(|(name, p)| {
+            let m = &state.moments[name];
+            [bits(p), bits(&m.exp_avg), bits(&m.exp_avg_sq)]
+        })
+        .collect();
+    (all, adam.whole_runs_stepped())
+}
+
+#[test]
+fn flat_parameters_step_whole_buckets_with_the_bits_of_per_tensor_steps() {
+    let (per_tensor, whole) = flat_run_bits(AdamKernel::TensorOps, false, 5);
+    assert_eq!(whole, 0);
+    // The tensor-op path (CUDA's) over whole buckets.
+    let (flat, whole) = flat_run_bits(AdamKernel::TensorOps, true, 5);
+    assert!(whole >= 3, "the buckets were stepped tensor by tensor ({whole} whole)");
+    assert!(flat == per_tensor, "stepping whole buckets gives other bits");
+    // The CPU's fused kernel on flattened parameters: tensor by tensor, same bits.
+    let (fused, whole) = flat_run_bits(AdamKernel::Fused, true, 5);
+    assert_eq!(whole, 0);
+    assert!(fused == per_tensor, "the fused kernel on flat parameters gives other bits");
+    assert!(flat_run_bits(AdamKernel::TensorOps, true, 4).0 != per_tensor, "the comparison has teeth");
 }

@@ -9,6 +9,13 @@
 //! place (`Tensor::zero_grad`); a gradient that was replaced (for instance
 //! set to none by libtorch's optimiser `zero_grad`) is copied into the bucket
 //! and made a view again, which costs one copy.
+//!
+//! On request ([`GradSync::flatten_parameters`], done for CUDA models) the
+//! parameters themselves move into buffers of the same layout, so that the
+//! optimiser can step a whole bucket with a handful of kernels
+//! ([`GradSync::flat_runs`]) instead of a handful per tensor. Every segment
+//! starts on a 64-byte boundary, so that moved weights keep the alignment
+//! the matrix-multiply kernels choose their fastest paths by.
 
 use super::ProcessGroup;
 use anyhow::{bail, ensure, Context, Result};
@@ -30,10 +37,28 @@ struct Param {
     numel: i64,
 }
 
+/// One bucket's parameters as flat buffers: `grad` is the bucket, `param`
+/// the weights laid out alike (after [`GradSync::flatten_parameters`]).
+pub struct FlatRun {
+    pub param: Tensor,
+    pub grad: Tensor,
+    /// The bucket's parameters by name, with their offsets in elements.
+    pub members: Vec<(String, i64)>,
+}
+
+/// Elements of a segment's alignment: 64 bytes of float32.
+const ALIGN: i64 = 16;
+
+fn aligned(offset: i64) -> i64 {
+    (offset + ALIGN - 1) / ALIGN * ALIGN
+}
+
 /// Bucketed gradient all-reduce over a fixed list of parameters.
 pub struct GradSync {
     params: Vec<Param>,
     buckets: Vec<Tensor>,
+    /// The parameters' own buffers, bucket by bucket, once flattened.
+    param_buckets: Vec<Tensor>,
     /// Per parameter: on how many ranks it got a gradient this update.
     present: Vec<f64>,
 }
@@ -62,20 +87,23 @@ impl GradSync {
             let (kind, device, numel) = (tensor.kind(), tensor.device(), tensor.numel() as i64);
             let bytes = numel as usize * kind.elt_size_in_bytes();
             let fits = bucket_specs.last().is_some_and(|&(k, d, used)| {
-                k == kind && d == device && used as usize * kind.elt_size_in_bytes() + bytes <= bucket_cap_bytes
+                k == kind
+                    && d == device
+                    && aligned(used) as usize * kind.elt_size_in_bytes() + bytes <= bucket_cap_bytes
             });
             if !fits {
                 bucket_specs.push((kind, device, 0));
             }
             let bucket = bucket_specs.len() - 1;
             let spec = &mut bucket_specs[bucket];
-            layout.push(Param { name, tensor, bucket, offset: spec.2, numel });
-            spec.2 += numel;
+            let offset = aligned(spec.2);
+            layout.push(Param { name, tensor, bucket, offset, numel });
+            spec.2 = offset + numel;
         }
         let buckets =
             bucket_specs.iter().map(|&(kind, device, numel)| Tensor::zeros([numel], (kind, device))).collect();
         let present = vec![0.0; layout.len()];
-        Ok(GradSync { params: layout, buckets, present })
+        Ok(GradSync { params: layout, buckets, param_buckets: Vec::new(), present })
     }
 
     /// [`GradSync::new`] over the trainable variables of `vs` in name order.
@@ -114,6 +142,44 @@ impl GradSync {
     fn segment(&self, i: usize) -> Tensor {
         let p = &self.params[i];
         self.buckets[p.bucket].narrow(0, p.offset, p.numel)
+    }
+
+    /// Moves every parameter's values into flat buffers laid out as the
+    /// gradient buckets; the parameters (and every handle to them: the var
+    /// store's, the model's) then read and write those buffers. Anything
+    /// that later copies into a parameter keeps it there; nothing may
+    /// replace its storage afterwards.
+    pub fn flatten_parameters(&mut self) -> Result<()> {
+        if !self.param_buckets.is_empty() {
+            return Ok(());
+        }
+        self.param_buckets = self.buckets.iter().map(Tensor::zeros_like).collect();
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                let segment =
+                    self.param_buckets[p.bucket].narrow(0, p.offset, p.numel).view(p.tensor.size().as_slice());
+                segment.shallow_clone().f_copy_(&p.tensor)?;
+                p.tensor.f_set_data(&segment).with_context(|| format!("moving `{}` into a flat buffer", p.name))?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    }
+
+    /// The buckets as flat parameter and gradient buffers, for an optimiser
+    /// step over whole buckets; empty unless [`GradSync::flatten_parameters`]
+    /// ran. Valid after a sync: the gradients of parameters that got none
+    /// are zeros there.
+    pub fn flat_runs(&self) -> Vec<FlatRun> {
+        self.param_buckets
+            .iter()
+            .zip(&self.buckets)
+            .enumerate()
+            .map(|(b, (param, grad))| FlatRun {
+                param: param.shallow_clone(),
+                grad: grad.shallow_clone(),
+                members: self.params.iter().filter(|p| p.bucket == b).map(|p| (p.name.clone(), p.offset)).collect(),
+            })
+            .collect()
     }
 
     /// Sums the gradients over all ranks, one all-reduce per bucket, and

@@ -20,7 +20,8 @@ mod process_group;
 mod world;
 
 pub use grad_sync::{
-    broadcast_tensors, broadcast_var_store, check_consistency, check_same_on_all_ranks, trainable_named, GradSync,
+    broadcast_tensors, broadcast_var_store, check_consistency, check_same_on_all_ranks, trainable_named, FlatRun,
+    GradSync,
 };
 pub use nccl_comm::nccl_version;
 pub use process_group::{BackendKind, ProcessGroup};

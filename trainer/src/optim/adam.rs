@@ -13,9 +13,13 @@
 //! correctly rounded one, so it stays libtorch's; it is elementwise, so
 //! pieces do not change its bits.) Other parameters (CUDA, not float32, not
 //! contiguous) go through [`AdamKernel::TensorOps`], libtorch ops on views
-//! of the flat buffers.
+//! of the flat buffers. When the parameters and gradients themselves live
+//! in flat buffers ([`Adam::use_flat_buffers`], CUDA models), those ops run
+//! once per bucket instead of once per tensor: elementwise, they give the
+//! same values either way.
 
 use super::OptimArgs;
+use crate::dist::FlatRun;
 use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -65,6 +69,10 @@ pub struct Adam {
     state: Option<FlatMoments>,
     /// Threads of the fused kernel, made once for libtorch's thread count.
     pool: Option<rayon::ThreadPool>,
+    /// Parameters and gradients in shared flat buffers, stepped run by run.
+    runs: Vec<FlatRun>,
+    /// How many runs the last step stepped whole.
+    whole_runs_stepped: usize,
 }
 
 /// What a checkpoint keeps of the optimiser: the step counter and the
@@ -90,20 +98,34 @@ struct FlatMoments {
 }
 
 impl FlatMoments {
-    /// Zero moments for `params`, one pair of buffers per device.
-    fn new(params: &[(String, Tensor)]) -> FlatMoments {
-        let mut devices: Vec<(Device, i64)> = Vec::new();
+    /// Zero moments for `params`: one pair of buffers per run of `runs`,
+    /// laid out as the run (its parameters' moments at their offsets), and
+    /// one pair per device for the other parameters.
+    fn new(params: &[(String, Tensor)], runs: &[FlatRun]) -> FlatMoments {
+        let mut buffers: Vec<(Device, i64)> = runs.iter().map(|r| (r.param.device(), r.param.numel() as i64)).collect();
+        let in_run: BTreeMap<&str, (usize, i64)> = runs
+            .iter()
+            .enumerate()
+            .flat_map(|(b, r)| r.members.iter().map(move |(name, offset)| (name.as_str(), (b, *offset))))
+            .collect();
         let mut slots = Vec::with_capacity(params.len());
         for (name, p) in params {
-            let buffer = devices.iter().position(|(d, _)| *d == p.device()).unwrap_or_else(|| {
-                devices.push((p.device(), 0));
-                devices.len() - 1
-            });
-            let offset = devices[buffer].1;
-            devices[buffer].1 += p.numel() as i64;
+            let (buffer, offset) = match in_run.get(name.as_str()) {
+                Some(&at) => at,
+                None => {
+                    let buffer =
+                        (runs.len()..buffers.len()).find(|&b| buffers[b].0 == p.device()).unwrap_or_else(|| {
+                            buffers.push((p.device(), 0));
+                            buffers.len() - 1
+                        });
+                    let offset = buffers[buffer].1;
+                    buffers[buffer].1 += p.numel() as i64;
+                    (buffer, offset)
+                }
+            };
             slots.push(Slot { name: name.clone(), buffer, offset, size: p.size() });
         }
-        let zeros = || devices.iter().map(|&(d, n)| Tensor::zeros([n], (Kind::Float, d))).collect();
+        let zeros = || buffers.iter().map(|&(d, n)| Tensor::zeros([n], (Kind::Float, d))).collect();
         FlatMoments { slots, exp_avg: zeros(), exp_avg_sq: zeros() }
     }
 
@@ -147,7 +169,34 @@ impl Adam {
     }
 
     pub fn with_hyperparameters(beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Self {
-        Adam { beta1, beta2, eps, weight_decay, step: 0, kernel: AdamKernel::Fused, state: None, pool: None }
+        Adam {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step: 0,
+            kernel: AdamKernel::Fused,
+            state: None,
+            pool: None,
+            runs: Vec::new(),
+            whole_runs_stepped: 0,
+        }
+    }
+
+    /// How many flat runs the last step stepped whole (the rest of their
+    /// parameters went tensor by tensor).
+    pub fn whole_runs_stepped(&self) -> usize {
+        self.whole_runs_stepped
+    }
+
+    /// Steps the parameters of `runs` (from [`crate::dist::GradSync::flat_runs`])
+    /// a whole run at a time wherever they would take the tensor-op path,
+    /// with their moments laid out alike. Must be called before the first
+    /// step or [`Adam::load_state`].
+    pub fn use_flat_buffers(&mut self, runs: Vec<FlatRun>) -> Result<()> {
+        ensure!(self.state.is_none(), "the flat buffers must be given before the Adam state is laid out");
+        self.runs = runs;
+        Ok(())
     }
 
     /// Chooses the kernel for float32 CPU parameters (the default is `Fused`;
@@ -168,7 +217,7 @@ impl Adam {
     /// as in the reference's flat fp32 gradient buffer. Every step must pass
     /// the same parameters in the same order.
     pub fn step(&mut self, params: &[(String, Tensor)], lr: f64, grads: GradUse) -> Result<()> {
-        let state = self.state.take().unwrap_or_else(|| FlatMoments::new(params));
+        let state = self.state.take().unwrap_or_else(|| FlatMoments::new(params, &self.runs));
         if !state.matches(params) {
             self.state = Some(state);
             bail!(
@@ -194,8 +243,21 @@ impl Adam {
         };
         let rounding = addcmul_rounding();
         let mut fused = Vec::new();
+        let by_run = self.whole_runs(params, &state);
+        self.whole_runs_stepped = by_run.iter().filter(|&&w| w).count();
         tch::no_grad(|| {
+            for (b, run) in self.runs.iter().enumerate().filter(|&(b, _)| by_run[b]) {
+                let moments = Moments {
+                    exp_avg: state.exp_avg[b].shallow_clone(),
+                    exp_avg_sq: state.exp_avg_sq[b].shallow_clone(),
+                };
+                self.step_tensor_ops(&run.param, Some(run.grad.shallow_clone()), moments, lr, step_size, grads);
+            }
             for (i, (_, param)) in params.iter().enumerate() {
+                let slot = &state.slots[i];
+                if slot.buffer < self.runs.len() && by_run[slot.buffer] {
+                    continue;
+                }
                 let grad = Some(param.grad()).filter(Tensor::defined);
                 let moments = state.moments(i);
                 if self.kernel == AdamKernel::Fused && fusable(param, grad.as_ref()) {
@@ -211,7 +273,32 @@ impl Adam {
         Ok(())
     }
 
-    /// The reference's arithmetic as libtorch ops on one parameter.
+    /// Per run: whether it is stepped whole. That needs the tensor-op path
+    /// (CUDA, or `TensorOps` chosen) and every member still in place: its
+    /// weights in the run's buffer and its gradient, if any, a view of the
+    /// bucket (a member without one has zeros there after the sync); and
+    /// every member among `params`, so that nothing else moves.
+    fn whole_runs(&self, params: &[(String, Tensor)], state: &FlatMoments) -> Vec<bool> {
+        let mut seen = vec![0; self.runs.len()];
+        let mut whole: Vec<bool> =
+            self.runs.iter().map(|r| !(self.kernel == AdamKernel::Fused && fusable(&r.param, Some(&r.grad)))).collect();
+        let bytes = |offset: i64| offset as usize * Kind::Float.elt_size_in_bytes();
+        for (slot, (_, param)) in state.slots.iter().zip(params) {
+            let Some(run) = self.runs.get(slot.buffer) else { continue };
+            let grad = param.grad();
+            let in_place = param.data_ptr() as usize == run.param.data_ptr() as usize + bytes(slot.offset)
+                && (!grad.defined() || grad.data_ptr() as usize == run.grad.data_ptr() as usize + bytes(slot.offset));
+            whole[slot.buffer] &= in_place;
+            seen[slot.buffer] += 1;
+        }
+        for (b, run) in self.runs.iter().enumerate() {
+            whole[b] &= seen[b] == run.members.len();
+        }
+        whole
+    }
+
+    /// The reference's arithmetic as libtorch ops on one parameter (or one
+    /// run of them).
     fn step_tensor_ops(
         &self,
         param: &Tensor,
@@ -263,7 +350,7 @@ impl Adam {
     /// parameter means the checkpoint was made with other flags); a
     /// parameter the state lacks starts from zero moments.
     pub fn load_state(&mut self, state: AdamState, params: &[(String, Tensor)]) -> Result<()> {
-        let flat = FlatMoments::new(params);
+        let flat = FlatMoments::new(params, &self.runs);
         let index: BTreeMap<&str, usize> = flat.slots.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
         tch::no_grad(|| {
             for (name, m) in &state.moments {
