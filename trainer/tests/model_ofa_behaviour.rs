@@ -184,3 +184,36 @@ fn post_ln_and_untied_variants_build_and_run() {
     let logits = tch::no_grad(|| model.forward_t(&batch(), false));
     assert!(logits.isfinite().all().int64_value(&[]) == 1);
 }
+
+#[test]
+fn a_model_whose_parameters_moved_into_flat_buffers_reads_them_there() {
+    // CUDA training moves the trainable parameters into flat buffers; a layer
+    // that kept a view of a weight made before the move would read stale
+    // values for the rest of the run. Every weight is changed in place after
+    // the move, and the forward must see the changes as an unmoved twin does.
+    let cfg = OfaConfig::finetuning("ofa_micro").unwrap();
+    let input = batch();
+    // Twins by copy: other tests reseed the global generator in parallel.
+    let (first, _) = micro(&cfg);
+    let run = |flat: bool| {
+        let (mut vs, model) = micro(&cfg);
+        vs.copy(&first).unwrap();
+        let mut sync = elfin_trainer::dist::GradSync::from_var_store(&vs, 1 << 20).unwrap();
+        if flat {
+            sync.flatten_parameters().unwrap();
+        }
+        let before = tch::no_grad(|| model.forward_t(&input, false));
+        tch::no_grad(|| {
+            for (i, (_, t)) in elfin_trainer::dist::trainable_named(&vs).iter().enumerate() {
+                let _ = t.shallow_clone().g_mul_scalar_(1.0 + 0.01 * (i % 7) as f64);
+            }
+        });
+        (before, tch::no_grad(|| model.forward_t(&input, false)))
+    };
+    let (plain_before, plain_after) = run(false);
+    let (flat_before, flat_after) = run(true);
+    assert!(max_diff(&plain_before, &plain_after) > 1e-3, "the change must show in the output");
+    assert!(max_diff(&plain_before, &flat_before) < 1e-5, "moving the parameters changed the output");
+    let diff = max_diff(&plain_after, &flat_after);
+    assert!(diff < 1e-5, "after the move the forward reads stale weights somewhere ({diff})");
+}
