@@ -89,7 +89,10 @@ impl Cluster {
         let start = Instant::now();
         loop {
             let (state, code) = self.job(id);
-            if !matches!(state.as_str(), "PENDING" | "RUNNING" | "COMPLETING" | "CONFIGURING" | "REQUEUED") {
+            if !matches!(
+                state.as_str(),
+                "PENDING" | "RUNNING" | "COMPLETING" | "CONFIGURING" | "REQUEUED" | "SIGNALING" | "STAGE_OUT"
+            ) {
                 return (state, code);
             }
             assert!(start.elapsed() < limit, "job {id} still {state} after {limit:?}; its output:\n{}", output(dir));
@@ -227,11 +230,12 @@ fn scancel_term_saves_exits_75_and_the_requeued_job_ends_as_if_never_stopped() {
 fn a_time_limit_with_signal_term_saves_exits_75_and_a_new_sbatch_resumes() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Slurm sends the --signal up to one check period (30 s) early: TERM@75
-    // of a 2 minute limit comes between 15 s and 45 s into the job, always
-    // mid-run with this many updates (the same end as `MAX_UPDATE` would need
-    // too long a reference run: that is the requeue test's part).
-    let long = 400;
-    let options = format!("--set max_update={long}");
+    // of a 2 minute limit comes between 15 s and 45 s into the job. The run
+    // is made longer than any machine gets through in that time (400
+    // updates once finished first on an idle machine); comparing its end
+    // with an uninterrupted run is the requeue test's part.
+    let long = 1_000_000;
+    let options = format!("--set max_update={long} --set max_epoch={long}");
     let (dir, cluster, script) = job_dir("time-limit", &["--time=2", "--signal=TERM@75"], &options);
     let id = cluster.sbatch(&dir, &script);
     assert_stopped(&cluster, &id, &dir, long);
