@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use tch::{nn, Device, Tensor};
 
+mod train_common;
+
 const PYTHON: &str = "/opt/elfin/venv/bin/python";
 const ORACLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/oracles/model-ofa-tiny");
 
@@ -131,16 +133,15 @@ fn reference_keys() -> Vec<(String, Vec<i64>, Option<String>)> {
 /// The `full` checkpoint converted to `tiny.safetensors`, made once for the
 /// tests that read it.
 fn converted_tiny() -> &'static Path {
-    static CONVERTED: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = CONVERTED.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let ckpt = make_checkpoint(dir.path(), "full");
-        let output = dir.path().join("tiny.safetensors");
+    static CONVERTED: OnceLock<PathBuf> = OnceLock::new();
+    CONVERTED.get_or_init(|| {
+        let dir = train_common::process_dir();
+        let ckpt = make_checkpoint(&dir, "full");
+        let output = dir.join("tiny.safetensors");
         let out = convert(&[ckpt.as_os_str(), "-o".as_ref(), output.as_os_str()]);
         assert!(out.status.success(), "{}", stderr(&out));
         dir
-    });
-    dir.path()
+    })
 }
 
 /// `ofa_tiny` as the oracle's reference built it: finetuning flags, V = 9697.

@@ -21,7 +21,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// path are off: their masks depend on which rank draws them, so with them
 /// no two layouts of ranks train the same model.
 struct Setup {
-    _tmp: tempfile::TempDir,
     root: PathBuf,
     preset: PathBuf,
 }
@@ -29,8 +28,7 @@ struct Setup {
 fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
+        let root = train_common::process_dir();
         let d = synth_caption(&root);
         let d = d.display();
         let preset = root.join("tiny_caption.sh");
@@ -45,7 +43,7 @@ fn setup() -> &'static Setup {
             ),
         )
         .unwrap();
-        Setup { _tmp: tmp, root, preset }
+        Setup { root, preset }
     })
 }
 

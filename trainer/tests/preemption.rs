@@ -21,7 +21,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// The demo caption recipe on a tiny dataset (see `tiny_caption_preset`).
 struct Setup {
-    _tmp: tempfile::TempDir,
     root: PathBuf,
     preset: PathBuf,
     reference: PathBuf,
@@ -30,15 +29,14 @@ struct Setup {
 fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
+        let root = train_common::process_dir();
         let data = synth_caption(&root);
         let preset = tiny_caption_preset(&root, &data, MAX_UPDATE);
         let reference = root.join("reference");
         std::fs::create_dir(&reference).unwrap();
         let status = launch(&reference, &preset, &[]).status().unwrap();
         assert_eq!(status.code(), Some(0), "the uninterrupted run failed: {}", console(&reference));
-        Setup { _tmp: tmp, root, preset, reference: reference.join("run") }
+        Setup { root, preset, reference: reference.join("run") }
     })
 }
 

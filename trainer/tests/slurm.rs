@@ -108,7 +108,6 @@ impl Drop for Cluster {
 }
 
 struct Setup {
-    _tmp: tempfile::TempDir,
     root: PathBuf,
     preset: PathBuf,
     reference: PathBuf,
@@ -118,8 +117,7 @@ struct Setup {
 fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
+        let root = train_common::process_dir();
         let data = synth_caption(&root);
         let preset = tiny_caption_preset(&root, &data, MAX_UPDATE);
         let reference = root.join("reference");
@@ -136,7 +134,7 @@ fn setup() -> &'static Setup {
             .output()
             .unwrap();
         assert!(out.status.success(), "the uninterrupted run failed: {}", String::from_utf8_lossy(&out.stderr));
-        Setup { _tmp: tmp, root, preset, reference: reference.join("run") }
+        Setup { root, preset, reference: reference.join("run") }
     })
 }
 

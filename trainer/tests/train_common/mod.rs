@@ -166,3 +166,24 @@ pub fn tiny_caption_preset(root: &Path, data: &Path, max_update: u64) -> PathBuf
     .unwrap();
     preset
 }
+
+/// A fresh directory for data that the tests of one process share through a
+/// `static`. A `static` is never dropped, so a `tempfile::TempDir` held there
+/// would stay behind after every run (gigabytes of checkpoints, until the
+/// disk fills); this one is removed when the process exits, passed or not.
+pub fn process_dir() -> PathBuf {
+    static DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    extern "C" fn remove_all() {
+        for dir in DIRS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory").keep();
+    let mut dirs = DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    if dirs.is_empty() {
+        // SAFETY: registers a plain function without arguments, once.
+        unsafe { libc::atexit(remove_all) };
+    }
+    dirs.push(dir.clone());
+    dir
+}
