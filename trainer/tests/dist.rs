@@ -6,8 +6,8 @@
 
 use anyhow::{anyhow, ensure, Context, Result};
 use elfin_trainer::dist::{
-    broadcast_var_store, check_consistency, trainable_named, BackendKind, DdpBackend, DistArgs, GradSync, ProcessGroup,
-    World,
+    broadcast_tensors, broadcast_var_store, check_consistency, trainable_named, BackendKind, DdpBackend, DistArgs,
+    GradSync, ProcessGroup, World,
 };
 use std::path::Path;
 use std::process::{Command, Output};
@@ -128,6 +128,42 @@ fn collectives(world: &World) -> Result<()> {
                 t.to_kind(Kind::Double).equal(&Tensor::full([3, 4], root as f64 + 0.5, (Kind::Double, Device::Cpu))),
                 "broadcast {kind:?} from {root}"
             );
+        }
+    }
+    // Packed broadcasts: mixed dtypes, interleaved (as BatchNorm buffers
+    // sorted by name are), a non-contiguous tensor, a 0-d one; every
+    // element distinct, so that a misplaced one shows.
+    let specs: [(&[i64], Kind, bool); 6] = [
+        (&[3], Kind::Float, false),
+        (&[2], Kind::Int64, false),
+        (&[4, 5], Kind::Float, true),
+        (&[], Kind::Float, false),
+        (&[1], Kind::Int64, false),
+        (&[6], Kind::Double, false),
+    ];
+    let values = |rank: usize| -> Vec<Tensor> {
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, &(shape, kind, transposed))| {
+                let numel = shape.iter().product::<i64>();
+                let t = (Tensor::arange(numel, (Kind::Double, Device::Cpu)) + (10 * i + 100 * rank) as f64)
+                    .reshape(shape)
+                    .to_kind(kind)
+                    .to_device(device);
+                if transposed {
+                    t.transpose(0, 1)
+                } else {
+                    t
+                }
+            })
+            .collect()
+    };
+    for root in 0..world.size {
+        let tensors = values(world.rank);
+        broadcast_tensors(&pg, &tensors, root)?;
+        for (i, (got, want)) in tensors.iter().zip(values(root)).enumerate() {
+            ensure!(got.equal(&want), "packed broadcast from {root}: tensor {i} is {got:?}, expected {want:?}");
         }
     }
     let mut counts = Tensor::from_slice(&[world.rank as i64, 1]).to_device(device);
