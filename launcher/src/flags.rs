@@ -102,6 +102,7 @@ pub const TRAIN_FLAGS: &[TrainFlag] = &[
     s("fp16", "fp16"),
     v("fp16-scale-window", "fp16_scale_window"),
     s("find-unused-parameters", "find_unused_parameters"),
+    v("zero-sharding", "zero_sharding"),
     v("seed", "seed"),
     // Validation and checkpoints.
     s("eval-cider", "eval_cider"),

@@ -4,11 +4,12 @@
 //! `fwd_bwd_wall` of metrics.jsonl, over the second half of the run), and
 //! the split of the rest (`comm_wall`, `optim_wall`).
 //!
-//!     cargo bench -p elfin-trainer --bench train_loop [-- --updates 40 --tiny-updates 8 --arch ofa_micro --trainer PATH]
+//!     cargo bench -p elfin-trainer --bench train_loop [-- --updates 40 --tiny-updates 8 --arch ofa_micro --trainer PATH --zero-sharding os]
 //!
 //! `--trainer PATH` runs another `elfin-train` build (say, of an older
 //! commit), so that before/after figures can be taken alternately on a busy
-//! machine; `--arch` runs one of the two cases.
+//! machine; `--arch` runs one of the two cases; `--zero-sharding os` shards
+//! the optimiser over the two ranks.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,7 +22,7 @@ fn value(args: &[String], name: &str, default: u64) -> u64 {
     flag(args, name).map_or(default, |v| v.parse().expect(name))
 }
 
-fn run(trainer: &str, dir: &Path, arch: &str, image: u32, batch: u32, updates: u64) {
+fn run(trainer: &str, dir: &Path, arch: &str, image: u32, batch: u32, updates: u64, extra: &[String]) {
     let data = dir.join(format!("data-{image}"));
     let synth = Command::new(trainer)
         .args([
@@ -55,6 +56,7 @@ fn run(trainer: &str, dir: &Path, arch: &str, image: u32, batch: u32, updates: u
         .arg(format!("--log-interval={}", updates / 2))
         .args(["--lr=1e-4", "--label-smoothing=0.1", "--clip-norm=1.0", "--weight-decay=0.01", "--max-epoch=100"])
         .args(["--scale-attn", "--scale-fc", "--scale-heads", "--disable-entangle", "--save-interval=0"])
+        .args(extra)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .output()
@@ -96,11 +98,13 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let trainer = flag(&args, "--trainer").unwrap_or(env!("CARGO_BIN_EXE_elfin-train"));
     let only = flag(&args, "--arch");
+    let extra: Vec<String> =
+        flag(&args, "--zero-sharding").map(|z| format!("--zero-sharding={z}")).into_iter().collect();
     if only.is_none_or(|a| a == "ofa_micro") {
-        run(trainer, &dir, "ofa_micro", 64, 8, value(&args, "--updates", 40));
+        run(trainer, &dir, "ofa_micro", 64, 8, value(&args, "--updates", 40), &extra);
     }
     if only.is_none_or(|a| a == "ofa_tiny") {
-        run(trainer, &dir, "ofa_tiny", 256, 4, value(&args, "--tiny-updates", 8));
+        run(trainer, &dir, "ofa_tiny", 256, 4, value(&args, "--tiny-updates", 8), &extra);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

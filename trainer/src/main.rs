@@ -77,12 +77,20 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.is::<elfin_trainer::train::Preempted>() => {
-            eprintln!("elfin-train: {err:#}; start the run again with the same --save-dir to resume");
+            say_line(format!("elfin-train: {err:#}; start the run again with the same --save-dir to resume"));
             ExitCode::from(elfin_trainer::signals::EXIT_PREEMPTED as u8)
         }
         Err(err) => {
-            eprintln!("elfin-train: error: {err:#}");
+            say_line(format!("elfin-train: error: {err:#}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line to stderr in a single write: the ranks of a job share one
+/// stderr (mpirun's), where `eprintln!`'s several writes per line can
+/// interleave with another rank's line.
+fn say_line(line: String) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }

@@ -7,7 +7,7 @@
 use anyhow::{anyhow, ensure, Context, Result};
 use elfin_trainer::dist::{
     broadcast_tensors, broadcast_var_store, check_consistency, trainable_named, BackendKind, DdpBackend, DistArgs,
-    GradSync, ProcessGroup, World,
+    GradSync, ProcessGroup, World, ZeroSharding,
 };
 use std::path::Path;
 use std::process::{Command, Output};
@@ -121,6 +121,18 @@ fn collectives(world: &World) -> Result<()> {
         let expected = (&base * n + n * (n - 1.0) / 2.0).transpose(0, 1);
         ensure!(t.to_kind(Kind::Double).equal(&expected), "all_reduce of a transposed {kind:?} tensor wrong");
         for root in 0..world.size {
+            // A reduce sums onto its root and leaves the others' data alone
+            // (one shape above the 1 MiB chunks that MPI calls are cut into).
+            for shape in [&[3i64, 4][..], &[(1 << 19) + 5]] {
+                let base = Tensor::arange(shape.iter().product::<i64>(), (Kind::Double, Device::Cpu)).remainder(7);
+                let mut t = (&base + r).to_kind(kind).to_device(device);
+                pg.reduce_sum(&mut t, root)?;
+                let want = if world.rank == root { &base * n + n * (n - 1.0) / 2.0 } else { &base + r };
+                ensure!(
+                    t.to_device(Device::Cpu).to_kind(Kind::Double).equal(&want),
+                    "reduce {kind:?} {shape:?} to {root}"
+                );
+            }
             let mut t = Tensor::full([3, 4], r + 0.5, (kind, device));
             pg.broadcast(&mut t, root)?;
             let t = t.to_device(Device::Cpu);
@@ -130,6 +142,38 @@ fn collectives(world: &World) -> Result<()> {
             );
         }
     }
+    // Blocks, one per rank, of a flat tensor: each rank's block summed onto
+    // it, then every block to every rank; empty blocks and a large one too.
+    for kind in [Kind::Float, Kind::Double, Kind::BFloat16] {
+        let size = world.size;
+        for counts in [vec![5; size], (0..size).map(|q| if q == 0 { 0 } else { 3 + q }).collect(), {
+            let mut c = vec![0; size];
+            c[size - 1] = (1 << 19) + 7;
+            c[0] += 2;
+            c
+        }] {
+            let total = counts.iter().sum::<usize>() as i64;
+            let base = Tensor::arange(total, (Kind::Double, Device::Cpu)).remainder(11);
+            let mut t = (&base + r).to_kind(kind).to_device(device);
+            pg.reduce_scatter_sum(&mut t, &counts)?;
+            let offset = counts[..world.rank].iter().sum::<usize>() as i64;
+            let len = counts[world.rank] as i64;
+            let summed = &base * n + n * (n - 1.0) / 2.0;
+            let got = t.to_device(Device::Cpu).to_kind(Kind::Double).narrow(0, offset, len);
+            ensure!(got.equal(&summed.narrow(0, offset, len)), "reduce_scatter {kind:?} {counts:?}: own block wrong");
+            // Every rank fills its own block with its rank; the gather gives all.
+            let mut t = Tensor::full([total], -1.0, (kind, device));
+            let _ = t.narrow(0, offset, len).fill_(world.rank as f64);
+            pg.all_gather_blocks(&mut t, &counts)?;
+            let want: Vec<f64> = counts.iter().enumerate().flat_map(|(q, &c)| vec![q as f64; c]).collect();
+            let got = t.to_device(Device::Cpu).to_kind(Kind::Double);
+            ensure!(got.equal(&Tensor::from_slice(&want)), "all_gather_blocks {kind:?} {counts:?}");
+        }
+    }
+    let wrong = vec![1; world.size + 1];
+    let refused = pg.reduce_scatter_sum(&mut Tensor::zeros([world.size as i64 + 1], (Kind::Float, device)), &wrong);
+    ensure!(refused.is_err(), "blocks for more ranks than the world has must be refused");
+
     // Packed broadcasts: mixed dtypes, interleaved (as BatchNorm buffers
     // sorted by name are), a non-contiguous tensor, a 0-d one; every
     // element distinct, so that a misplaced one shows.
@@ -720,6 +764,61 @@ fn single_process_sync_normalises_and_keeps_gradients_in_buckets() {
 }
 
 #[test]
+fn sharding_gives_every_tensor_one_owner_in_contiguous_balanced_parts() {
+    if is_child() {
+        return;
+    }
+    let sizes = [5i64, 300, 7, 64, 1000, 3, 250, 90, 16, 410];
+    let params: Vec<(String, Tensor)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (format!("p{i:02}"), Tensor::zeros([n], (Kind::Float, Device::Cpu)).set_requires_grad(true)))
+        .collect();
+    let (total, largest) = (sizes.iter().sum::<i64>(), *sizes.iter().max().unwrap());
+    for size in [2usize, 3] {
+        let mut owned_by = vec![Vec::new(); sizes.len()];
+        let mut part = vec![0i64; size];
+        for rank in 0..size {
+            // 4000-byte buckets: the parts cross bucket boundaries.
+            let mut sync =
+                GradSync::new(params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(), 4000).unwrap();
+            sync.shard(rank, size).unwrap();
+            sync.flatten_parameters().unwrap();
+            assert!(sync.shard(rank, size).is_err(), "sharding lays the buckets out anew: not once flattened");
+            assert!(sync.is_sharded());
+            let owners = sync.owners();
+            let owned = sync.owned();
+            for (i, &mine) in owned.iter().enumerate() {
+                assert_eq!(mine, owners[i] == rank);
+                if mine {
+                    owned_by[i].push(rank);
+                    part[rank] += sizes[i];
+                }
+            }
+            // The optimiser's runs hold this rank's tensors and nothing else.
+            let mut in_runs: Vec<String> =
+                sync.flat_runs().iter().flat_map(|r| r.members.iter().map(|(n, _)| n.clone())).collect();
+            in_runs.sort();
+            let mine: Vec<String> = (0..sizes.len()).filter(|&i| owned[i]).map(|i| format!("p{i:02}")).collect();
+            assert_eq!(in_runs, mine, "rank {rank} of {size}");
+            // One contiguous part per rank and bucket, in rank order, holding
+            // exactly that rank's tensors.
+            let mut in_parts = 0;
+            for b in 0..sync.num_buckets() {
+                let ranges = sync.shard_ranges(b);
+                assert!(ranges.windows(2).all(|w| w[0].rank < w[1].rank && w[0].start + w[0].len <= w[1].start));
+                in_parts += ranges.iter().filter(|r| r.rank == rank).count();
+            }
+            assert!(in_parts <= sync.num_buckets());
+        }
+        assert!(owned_by.iter().all(|o| o.len() == 1), "one owner per tensor: {owned_by:?}");
+        for (rank, &n) in part.iter().enumerate() {
+            assert!((n - total / size as i64).abs() <= largest, "rank {rank} of {size} owns {n} of {total} elements");
+        }
+    }
+}
+
+#[test]
 fn dist_flags_parse_with_defaults() {
     if is_child() {
         return;
@@ -735,6 +834,7 @@ fn dist_flags_parse_with_defaults() {
     assert_eq!(cli.dist.bucket_cap_bytes(), 25_000_000);
     assert_eq!(cli.dist.collective_timeout, 1800.0);
     assert!(!cli.dist.consistency_due(100));
+    assert_eq!(cli.dist.zero_sharding, ZeroSharding::None);
     let cli = Cli::try_parse_from([
         "t",
         "--ddp-backend",
@@ -746,13 +846,17 @@ fn dist_flags_parse_with_defaults() {
         "--check-consistency",
         "10",
         "--find-unused-parameters",
+        "--zero-sharding",
+        "os",
     ])
     .unwrap();
     assert_eq!(cli.dist.ddp_backend, DdpBackend::Nccl);
+    assert_eq!(cli.dist.zero_sharding, ZeroSharding::Os);
     assert_eq!(cli.dist.bucket_cap_bytes(), 500_000);
     assert!(cli.dist.consistency_due(20) && !cli.dist.consistency_due(25) && !cli.dist.consistency_due(0));
     assert!(Cli::try_parse_from(["t", "--bucket-cap-mb", "0"]).is_err());
     assert!(Cli::try_parse_from(["t", "--ddp-backend", "gloo"]).is_err());
+    assert!(Cli::try_parse_from(["t", "--zero-sharding", "full"]).is_err());
 }
 
 #[test]

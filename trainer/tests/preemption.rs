@@ -188,6 +188,47 @@ fn thirty_stops_at_random_moments_each_save_and_the_run_ends_as_if_never_stopped
     assert_same_as_reference(&run);
 }
 
+/// Optimiser sharding (`--set zero_sharding=os`) trains the same bits as
+/// every rank stepping everything, and the checkpoint a stop saves (the
+/// moments gathered from both ranks) resumes either way: sharded until a
+/// SIGTERM after update 60, then not until one after 130, then sharded again
+/// to the end equals the reference.
+#[test]
+fn a_sharded_optimiser_trains_the_same_bits_and_resumes_with_or_without_sharding() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let setup = setup();
+    let dir = setup.root.join("sharded");
+    std::fs::create_dir(&dir).unwrap();
+    let run = dir.join("run");
+    for (stop_after, sharded) in [(Some(60), true), (Some(130), false), (None, true)] {
+        let sets: &[&str] = if sharded { &["--set", "zero_sharding=os"] } else { &[] };
+        let before = console(&dir).len();
+        let mut job = launch(&dir, &setup.preset, sets).spawn().unwrap();
+        let code = match stop_after {
+            Some(updates) => {
+                let start = Instant::now();
+                while logged_updates(&run) < updates {
+                    assert!(start.elapsed() < Duration::from_secs(120), "no progress: {}", console(&dir));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                kill(job.id() as i32, libc::SIGTERM);
+                wait_exit(&mut job, Duration::from_secs(60), &dir)
+            }
+            None => wait_exit(&mut job, Duration::from_secs(300), &dir),
+        };
+        let text = console(&dir);
+        assert_eq!(code, Some(if stop_after.is_some() { 75 } else { 0 }), "{text}");
+        assert_eq!(
+            text[before..].contains("optimiser sharded over 2 ranks"),
+            sharded,
+            "the console says when the optimiser is sharded:\n{}",
+            &text[before..]
+        );
+    }
+    assert_eq!(logged_updates(&run), MAX_UPDATE);
+    assert_same_as_reference(&run);
+}
+
 #[test]
 fn a_rank_killed_mid_run_restarts_the_job_from_checkpoint_last_and_ends_the_same() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

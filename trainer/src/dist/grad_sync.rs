@@ -61,6 +61,20 @@ pub struct GradSync {
     param_buckets: Vec<Tensor>,
     /// Per parameter: on how many ranks it got a gradient this update.
     present: Vec<f64>,
+    /// Optimiser-state sharding ([`GradSync::shard`]): each parameter's
+    /// owner rank, and this rank; no owners when not sharded.
+    owner: Vec<usize>,
+    rank: usize,
+    size: usize,
+    bucket_cap_bytes: usize,
+}
+
+/// One rank's contiguous part of a bucket under sharding, in elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardRange {
+    pub rank: usize,
+    pub start: i64,
+    pub len: i64,
 }
 
 fn contiguous_strides(size: &[i64]) -> Vec<i64> {
@@ -78,37 +92,178 @@ impl GradSync {
     /// parameters in the same order ([`trainable_named`] gives one).
     pub fn new(params: Vec<(String, Tensor)>, bucket_cap_bytes: usize) -> Result<GradSync> {
         let mut layout: Vec<Param> = Vec::with_capacity(params.len());
-        let mut bucket_specs: Vec<(Kind, Device, i64)> = Vec::new();
         for (name, tensor) in params {
             ensure!(
                 tensor.requires_grad(),
                 "parameter `{name}` does not require a gradient; pass only trainable parameters"
             );
-            let (kind, device, numel) = (tensor.kind(), tensor.device(), tensor.numel() as i64);
-            let bytes = numel as usize * kind.elt_size_in_bytes();
-            let fits = bucket_specs.last().is_some_and(|&(k, d, used)| {
-                k == kind
-                    && d == device
-                    && aligned(used) as usize * kind.elt_size_in_bytes() + bytes <= bucket_cap_bytes
+            let numel = tensor.numel() as i64;
+            layout.push(Param { name, tensor, bucket: 0, offset: 0, numel });
+        }
+        let present = vec![0.0; layout.len()];
+        let mut sync = GradSync {
+            params: layout,
+            buckets: Vec::new(),
+            param_buckets: Vec::new(),
+            present,
+            owner: Vec::new(),
+            rank: 0,
+            size: 1,
+            bucket_cap_bytes,
+        };
+        sync.lay_out(&(0..sync.params.len()).collect::<Vec<_>>());
+        Ok(sync)
+    }
+
+    /// Places the parameters, taken in `order`, in buckets of at most the
+    /// cap (zeroed).
+    fn lay_out(&mut self, order: &[usize]) {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut used = 0usize;
+        for &i in order {
+            let p = &self.params[i];
+            let (kind, device) = (p.tensor.kind(), p.tensor.device());
+            let bytes = p.numel as usize * kind.elt_size_in_bytes();
+            let fits = groups.last().and_then(|g| g.last()).is_some_and(|&j| {
+                let q = &self.params[j].tensor;
+                q.kind() == kind
+                    && q.device() == device
+                    && aligned(used as i64) as usize * kind.elt_size_in_bytes() + bytes <= self.bucket_cap_bytes
             });
             if !fits {
-                bucket_specs.push((kind, device, 0));
+                groups.push(Vec::new());
+                used = 0;
             }
-            let bucket = bucket_specs.len() - 1;
-            let spec = &mut bucket_specs[bucket];
-            let offset = aligned(spec.2);
-            layout.push(Param { name, tensor, bucket, offset, numel });
-            spec.2 = offset + numel;
+            used = aligned(used as i64) as usize + p.numel as usize;
+            groups.last_mut().expect("pushed above").push(i);
         }
-        let buckets =
-            bucket_specs.iter().map(|&(kind, device, numel)| Tensor::zeros([numel], (kind, device))).collect();
-        let present = vec![0.0; layout.len()];
-        Ok(GradSync { params: layout, buckets, param_buckets: Vec::new(), present })
+        self.place(&groups);
+    }
+
+    /// One zeroed bucket per group, its parameters in the group's order,
+    /// each at a 64-byte boundary.
+    fn place(&mut self, groups: &[Vec<usize>]) {
+        let mut buckets = Vec::with_capacity(groups.len());
+        for (b, group) in groups.iter().enumerate() {
+            let mut end = 0;
+            for &i in group {
+                let p = &mut self.params[i];
+                (p.bucket, p.offset) = (b, aligned(end));
+                end = p.offset + p.numel;
+            }
+            let first = &self.params[group[0]].tensor;
+            buckets.push(Tensor::zeros([end], (first.kind(), first.device())));
+        }
+        self.buckets = buckets;
     }
 
     /// [`GradSync::new`] over the trainable variables of `vs` in name order.
     pub fn from_var_store(vs: &VarStore, bucket_cap_bytes: usize) -> Result<GradSync> {
         GradSync::new(trainable_named(vs), bucket_cap_bytes)
+    }
+
+    /// Shares the optimiser's work out over `size` ranks (ZeRO stage 1, as
+    /// fairseq's `--zero-sharding os`): every parameter gets one owner rank,
+    /// and each bucket's tensors are reordered so that each rank's part of
+    /// it is contiguous. The sync then sums each part onto its owner only (a
+    /// reduce-scatter, not an all-reduce), the owner steps it, and
+    /// [`GradSync::gather_parameters`] sends the new weights to every rank.
+    /// Owners are chosen bucket by bucket, largest tensor first onto the
+    /// rank with the least of that bucket (then of all buckets), so that
+    /// every rank sends and adds about as much in each bucket and steps
+    /// about as much in all. Whole tensors are owned, so that each gradient
+    /// norm and each Adam step is the unsharded arithmetic. Call before
+    /// [`GradSync::flatten_parameters`] and the first sync.
+    pub fn shard(&mut self, rank: usize, size: usize) -> Result<()> {
+        ensure!(rank < size, "rank {rank} is not a rank of a world of {size}");
+        ensure!(
+            self.param_buckets.is_empty() && self.grads_in_buckets() == 0,
+            "shard before the parameters move into flat buffers and before the first sync"
+        );
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.buckets.len()];
+        for (i, p) in self.params.iter().enumerate() {
+            groups[p.bucket].push(i);
+        }
+        for g in &mut groups {
+            g.sort_by_key(|&i| self.params[i].offset);
+        }
+        let (mut owner, mut total) = (vec![0usize; self.params.len()], vec![0i64; size]);
+        for group in &mut groups {
+            let mut by_size = group.clone();
+            by_size.sort_by_key(|&i| (std::cmp::Reverse(self.params[i].numel), i));
+            let mut here = vec![0i64; size];
+            for i in by_size {
+                let r = (0..size).min_by_key(|&r| (here[r], total[r], r)).unwrap_or(0);
+                owner[i] = r;
+                here[r] += self.params[i].numel;
+                total[r] += self.params[i].numel;
+            }
+            group.sort_by_key(|&i| (owner[i], self.params[i].offset));
+        }
+        self.place(&groups);
+        self.owner = owner;
+        self.rank = rank;
+        self.size = size;
+        Ok(())
+    }
+
+    pub fn is_sharded(&self) -> bool {
+        !self.owner.is_empty()
+    }
+
+    /// Per parameter (in the order given to [`GradSync::new`]): whether this
+    /// rank steps it. All true when not sharded.
+    pub fn owned(&self) -> Vec<bool> {
+        (0..self.params.len()).map(|i| self.owns(i)).collect()
+    }
+
+    fn owns(&self, i: usize) -> bool {
+        self.owner.get(i).is_none_or(|&r| r == self.rank)
+    }
+
+    /// Per parameter: its owner rank (0 for every one when not sharded).
+    pub fn owners(&self) -> Vec<usize> {
+        (0..self.params.len()).map(|i| self.owner.get(i).copied().unwrap_or(0)).collect()
+    }
+
+    /// The ranks' parts of bucket `b` (empty when not sharded; ranks that
+    /// own nothing in it have no part).
+    pub fn shard_ranges(&self, b: usize) -> Vec<ShardRange> {
+        let mut members: Vec<(&Param, usize)> =
+            self.params.iter().zip(self.owner.iter().copied()).filter(|(p, _)| p.bucket == b).collect();
+        members.sort_by_key(|(p, _)| p.offset);
+        let mut ranges: Vec<ShardRange> = Vec::new();
+        for (p, rank) in members {
+            match ranges.last_mut() {
+                Some(last) if last.rank == rank => last.len = p.offset + p.numel - last.start,
+                _ => ranges.push(ShardRange { rank, start: p.offset, len: p.numel }),
+            }
+        }
+        ranges
+    }
+
+    /// Bucket `b` cut into one block per rank, consecutive in rank order,
+    /// each holding that rank's part (and the padding after it): the
+    /// element counts of the blocks, for the reduce-scatter and all-gather.
+    fn shard_blocks(&self, b: usize) -> Vec<usize> {
+        let numel = self.buckets[b].numel() as i64;
+        let ranges = self.shard_ranges(b);
+        // Block r starts where the part of rank r (or of the next rank that
+        // has one here) does; the first at 0, and the end is the bucket's.
+        let start = |r: usize| if r == 0 { 0 } else { ranges.iter().find(|x| x.rank >= r).map_or(numel, |x| x.start) };
+        (0..self.size).map(|r| (start(r + 1) - start(r)) as usize).collect()
+    }
+
+    /// Under sharding, gives every rank the weights each owner stepped: one
+    /// all-gather per bucket. Does nothing otherwise.
+    pub fn gather_parameters(&self, pg: &ProcessGroup) -> Result<()> {
+        if !self.is_sharded() {
+            return Ok(());
+        }
+        for (b, buffer) in self.param_buckets.iter().enumerate() {
+            pg.all_gather_blocks(&mut buffer.shallow_clone(), &self.shard_blocks(b))?;
+        }
+        pg.wait()
     }
 
     pub fn num_buckets(&self) -> usize {
@@ -166,20 +321,24 @@ impl GradSync {
     }
 
     /// The buckets as flat parameter and gradient buffers, for an optimiser
-    /// step over whole buckets; empty unless [`GradSync::flatten_parameters`]
-    /// ran. Valid after a sync: the gradients of parameters that got none
-    /// are zeros there.
+    /// step over whole buckets (under sharding, this rank's part of each);
+    /// empty unless [`GradSync::flatten_parameters`] ran. Valid after a
+    /// sync: the gradients of parameters that got none are zeros there.
     pub fn flat_runs(&self) -> Vec<FlatRun> {
-        self.param_buckets
-            .iter()
-            .zip(&self.buckets)
-            .enumerate()
-            .map(|(b, (param, grad))| FlatRun {
-                param: param.shallow_clone(),
-                grad: grad.shallow_clone(),
-                members: self.params.iter().filter(|p| p.bucket == b).map(|p| (p.name.clone(), p.offset)).collect(),
-            })
-            .collect()
+        let mut runs = Vec::new();
+        for (b, (param, grad)) in self.param_buckets.iter().zip(&self.buckets).enumerate() {
+            let (start, len) = match self.shard_ranges(b).into_iter().find(|r| r.rank == self.rank) {
+                Some(r) => (r.start, r.len),
+                None if self.owner.is_empty() => (0, param.numel() as i64),
+                None => continue,
+            };
+            let members = (0..self.params.len())
+                .filter(|&i| self.params[i].bucket == b && self.owns(i))
+                .map(|i| (self.params[i].name.clone(), self.params[i].offset - start))
+                .collect();
+            runs.push(FlatRun { param: param.narrow(0, start, len), grad: grad.narrow(0, start, len), members });
+        }
+        runs
     }
 
     /// Sums the gradients over all ranks, one all-reduce per bucket, and
@@ -213,8 +372,16 @@ impl GradSync {
             }
         }
         pg.all_reduce_f64(&mut self.present)?;
-        for bucket in &mut self.buckets {
-            pg.all_reduce_sum(bucket)?;
+        let blocks: Vec<Vec<usize>> = (0..self.buckets.len())
+            .map(|b| if self.is_sharded() { self.shard_blocks(b) } else { Vec::new() })
+            .collect();
+        for (bucket, blocks) in self.buckets.iter_mut().zip(blocks) {
+            if blocks.is_empty() {
+                pg.all_reduce_sum(bucket)?;
+            } else {
+                // Only the owner reads a part's sum; nothing reads the rest.
+                pg.reduce_scatter_sum(bucket, &blocks)?;
+            }
             if let Some(divisor) = divisor {
                 let _ = bucket.g_div_scalar_(divisor);
             }

@@ -21,7 +21,7 @@ mod world;
 
 pub use grad_sync::{
     broadcast_tensors, broadcast_var_store, check_consistency, check_same_on_all_ranks, trainable_named, FlatRun,
-    GradSync,
+    GradSync, ShardRange,
 };
 pub use nccl_comm::nccl_version;
 pub use process_group::{BackendKind, ProcessGroup};
@@ -39,6 +39,18 @@ pub enum DdpBackend {
     Mpi,
     /// NCCL for CUDA tensors (metrics and control messages still go over MPI).
     Nccl,
+}
+
+/// What the ranks share out instead of each holding and computing it all.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZeroSharding {
+    /// Every rank steps every parameter.
+    #[default]
+    None,
+    /// Optimiser-state sharding (ZeRO stage 1): each rank steps its own
+    /// part of the parameters, and the new weights are then broadcast.
+    Os,
 }
 
 /// Flags of data-parallel training, shared by the commands that train.
@@ -71,6 +83,16 @@ pub struct DistArgs {
     /// summed as zero), so this flag changes nothing.
     #[arg(long)]
     pub find_unused_parameters: bool,
+
+    /// `os`: shard the optimiser over the ranks (fairseq's flag): each rank
+    /// takes the gradient norm of and steps about 1/world-size of the
+    /// parameters (whole tensors), the gradients of each part are summed onto
+    /// its rank only, and the new weights are broadcast. Same arithmetic as
+    /// `none`; faster where the optimiser's pass over memory is a sizeable
+    /// part of an update. Checkpoints hold the whole optimiser state either way.
+    #[arg(long, value_enum, default_value_t = ZeroSharding::None)]
+    #[serde(default)]
+    pub zero_sharding: ZeroSharding,
 }
 
 impl Default for DistArgs {
@@ -81,6 +103,7 @@ impl Default for DistArgs {
             collective_timeout: 1800.0,
             check_consistency: 0,
             find_unused_parameters: false,
+            zero_sharding: ZeroSharding::None,
         }
     }
 }

@@ -150,7 +150,28 @@ impl MpiComm {
     /// `ptr` points to `count` initialised, writable elements of type `elem`
     /// that nothing else touches during the call.
     pub(crate) unsafe fn all_reduce_sum(&self, ptr: *mut c_void, count: usize, elem: Elem) -> Result<()> {
+        // SAFETY: the caller's contract.
+        unsafe { self.sum(ptr, count, elem, None) }
+    }
+
+    /// Sums `count` elements at `ptr` over all ranks into the same place on
+    /// rank `root`; the other ranks' buffers are left as they were.
+    ///
+    /// # Safety
+    /// As for [`MpiComm::all_reduce_sum`].
+    pub(crate) unsafe fn reduce_sum(&self, ptr: *mut c_void, count: usize, elem: Elem, root: usize) -> Result<()> {
+        if root >= self.size() {
+            bail!("reduce root {root} is not a rank of a world of {} ranks", self.size());
+        }
+        // SAFETY: the caller's contract.
+        unsafe { self.sum(ptr, count, elem, Some(root)) }
+    }
+
+    /// The all-reduce (`root` none) or the reduce to `root`, in chunks of
+    /// [`CHUNK_BYTES`].
+    unsafe fn sum(&self, ptr: *mut c_void, count: usize, elem: Elem, root: Option<usize>) -> Result<()> {
         let (datatype, op) = Self::datatype_and_op(elem);
+        let receives = root.is_none_or(|r| r == self.rank());
         let mut scratch = Vec::new();
         let chunk_count = CHUNK_BYTES / elem.size();
         let mut done = 0;
@@ -158,31 +179,139 @@ impl MpiComm {
             let n = (count - done).min(chunk_count);
             // SAFETY: within the caller's buffer.
             let chunk = unsafe { (ptr as *mut u8).add(done * elem.size()) as *mut c_void };
-            let rc = match in_place_marker() {
-                // SAFETY: the buffer is valid for n elements; the marker is this library's MPI_IN_PLACE.
-                Some(marker) => unsafe {
-                    ffi::MPI_Allreduce(marker, chunk, n as c_int, datatype, op, self.comm.as_raw())
-                },
-                None => {
+            // In place where the library's MPI_IN_PLACE is known, else through
+            // a scratch receive buffer copied back. A reduce's non-roots only
+            // send: their receive buffer is not significant.
+            let (send, recv) = match (in_place_marker(), receives) {
+                (_, false) => (chunk as *const c_void, std::ptr::null_mut()),
+                (Some(marker), true) => (marker, chunk),
+                (None, true) => {
                     scratch.resize(n * elem.size(), 0u8);
-                    // SAFETY: separate send (the tensor) and receive (scratch) buffers of n elements.
-                    let rc = unsafe {
-                        ffi::MPI_Allreduce(
-                            chunk,
-                            scratch.as_mut_ptr() as *mut c_void,
-                            n as c_int,
-                            datatype,
-                            op,
-                            self.comm.as_raw(),
-                        )
-                    };
-                    // SAFETY: both buffers hold n * size bytes.
-                    unsafe { std::ptr::copy_nonoverlapping(scratch.as_ptr(), chunk as *mut u8, n * elem.size()) };
-                    rc
+                    (chunk as *const c_void, scratch.as_mut_ptr() as *mut c_void)
                 }
             };
-            check(rc, "MPI_Allreduce")?;
+            let raw = self.comm.as_raw();
+            // SAFETY: send and receive buffers of n elements (or the marker, or
+            // an insignificant receive buffer on a reduce's non-root).
+            let rc = unsafe {
+                match root {
+                    None => ffi::MPI_Allreduce(send, recv, n as c_int, datatype, op, raw),
+                    Some(r) => ffi::MPI_Reduce(send, recv, n as c_int, datatype, op, r as c_int, raw),
+                }
+            };
+            check(rc, if root.is_none() { "MPI_Allreduce" } else { "MPI_Reduce" })?;
+            if receives && recv != chunk {
+                // SAFETY: both buffers hold n * size bytes.
+                unsafe { std::ptr::copy_nonoverlapping(scratch.as_ptr(), chunk as *mut u8, n * elem.size()) };
+            }
             done += n;
+        }
+        Ok(())
+    }
+
+    /// Sums, over all ranks, the buffer at `ptr` cut into consecutive blocks
+    /// of `counts[r]` elements, rank r receiving the sum of block r in place
+    /// (the other blocks are left as partial sums). A ring, as the first half
+    /// of a ring all-reduce: in each of the size − 1 steps every rank passes
+    /// one block's partial sum to the next rank and adds the one it gets
+    /// from the previous rank, in [`CHUNK_BYTES`] pieces, so that all ranks
+    /// add at once. (Open MPI's own `MPI_Reduce_scatter` took 4–4.5 ms for
+    /// 11 MB on 2 ranks here, against 3.1 ms for the whole all-reduce.) On 2
+    /// ranks each sum is own + other, as the all-reduce's: the same bits.
+    ///
+    /// # Safety
+    /// `ptr` points to `counts.iter().sum()` initialised, writable elements
+    /// of type `elem` that nothing else touches during the call.
+    pub(crate) unsafe fn reduce_scatter_sum(&self, ptr: *mut c_void, counts: &[usize], elem: Elem) -> Result<()> {
+        let (datatype, op) = Self::datatype_and_op(elem);
+        let mut scratch = vec![0u8; CHUNK_BYTES];
+        // SAFETY: the caller's buffer; the scratch holds one chunk.
+        unsafe {
+            self.ring(
+                ptr,
+                counts,
+                elem,
+                0,
+                |recv, n, into| check(ffi::MPI_Reduce_local(recv, into, n as c_int, datatype, op), "MPI_Reduce_local"),
+                Some(&mut scratch),
+            )
+        }
+    }
+
+    /// Gives every rank every rank's block of the buffer at `ptr` (cut as in
+    /// [`MpiComm::reduce_scatter_sum`]), in place, by the same ring: each
+    /// step passes on the block received in the step before.
+    ///
+    /// # Safety
+    /// As for [`MpiComm::reduce_scatter_sum`]; this rank's block is initialised.
+    pub(crate) unsafe fn all_gather_blocks(&self, ptr: *mut c_void, counts: &[usize], elem: Elem) -> Result<()> {
+        // SAFETY: the caller's buffer.
+        unsafe { self.ring(ptr, counts, elem, 1, |_, _, _| Ok(()), None) }
+    }
+
+    /// The ring both use. In step s (1..size), rank r sends block
+    /// (r − s + shift) mod size to rank r + 1 and receives block
+    /// (r − s − 1 + shift) mod size from rank r − 1: into `scratch`, then
+    /// `combine(received, n, into_block)`, or straight into place without one.
+    unsafe fn ring(
+        &self,
+        ptr: *mut c_void,
+        counts: &[usize],
+        elem: Elem,
+        shift: usize,
+        combine: impl Fn(*const c_void, usize, *mut c_void) -> Result<()>,
+        mut scratch: Option<&mut Vec<u8>>,
+    ) -> Result<()> {
+        let size = self.size();
+        if counts.len() != size {
+            bail!("{} block counts for a world of {size} ranks", counts.len());
+        }
+        let (datatype, _) = Self::datatype_and_op(elem);
+        let starts: Vec<usize> = counts.iter().scan(0, |off, &c| Some(std::mem::replace(off, *off + c))).collect();
+        let at = |block: usize, done: usize| -> *mut c_void {
+            // SAFETY (of the callers): within the caller's buffer.
+            unsafe { (ptr as *mut u8).add((starts[block] + done) * elem.size()) as *mut c_void }
+        };
+        let (rank, next, prev) = (self.rank(), (self.rank() + 1) % size, (self.rank() + size - 1) % size);
+        let chunk = CHUNK_BYTES / elem.size();
+        let longest = counts.iter().copied().max().unwrap_or(0);
+        for step in 1..size {
+            let send = (rank + 2 * size + shift - step) % size;
+            let recv = (rank + 2 * size + shift - step - 1) % size;
+            // As many pieces on every rank (some empty), so that each
+            // send meets its receive.
+            let mut done = 0;
+            while done < longest {
+                let ns = counts[send].saturating_sub(done).min(chunk);
+                let nr = counts[recv].saturating_sub(done).min(chunk);
+                let into = match &mut scratch {
+                    Some(s) => s.as_mut_ptr() as *mut c_void,
+                    None => at(recv, done),
+                };
+                // SAFETY: ns elements to send from the buffer, nr to receive
+                // into the scratch (one chunk) or into place.
+                let rc = unsafe {
+                    ffi::MPI_Sendrecv(
+                        at(send, done),
+                        ns as c_int,
+                        datatype,
+                        next as c_int,
+                        0,
+                        into,
+                        nr as c_int,
+                        datatype,
+                        prev as c_int,
+                        0,
+                        self.comm.as_raw(),
+                        ffi::RSMPI_STATUS_IGNORE,
+                    )
+                };
+                check(rc, "MPI_Sendrecv")?;
+                if scratch.is_some() && nr > 0 {
+                    combine(into, nr, at(recv, done))?;
+                }
+                done += chunk;
+            }
         }
         Ok(())
     }

@@ -34,6 +34,16 @@ struct NcclLib {
         ncclComm_t,
         cudaStream_t,
     ) -> c_int,
+    reduce: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        ncclDataType_t,
+        ncclRedOp_t,
+        c_int,
+        ncclComm_t,
+        cudaStream_t,
+    ) -> c_int,
     broadcast: unsafe extern "C" fn(
         *const c_void,
         *mut c_void,
@@ -77,6 +87,7 @@ fn load_nccl() -> Result<NcclLib, String> {
             get_unique_id: std::mem::transmute::<*mut c_void, _>(symbol("ncclGetUniqueId")?),
             comm_init_rank: std::mem::transmute::<*mut c_void, _>(symbol("ncclCommInitRank")?),
             all_reduce: std::mem::transmute::<*mut c_void, _>(symbol("ncclAllReduce")?),
+            reduce: std::mem::transmute::<*mut c_void, _>(symbol("ncclReduce")?),
             broadcast: std::mem::transmute::<*mut c_void, _>(symbol("ncclBroadcast")?),
             comm_destroy: std::mem::transmute::<*mut c_void, _>(symbol("ncclCommDestroy")?),
             get_version: std::mem::transmute::<*mut c_void, _>(symbol("ncclGetVersion")?),
@@ -185,6 +196,30 @@ impl NcclComm {
             (lib.all_reduce)(ptr, ptr, count, nccl_type(elem), ncclRedOp_t::ncclSum, self.comm, torch_stream())
         };
         lib.check(rc, "ncclAllReduce")
+    }
+
+    /// Enqueues an in-place sum into rank `root` (the other ranks' buffers
+    /// are left as they were).
+    ///
+    /// # Safety
+    /// As for [`NcclComm::all_reduce_sum`].
+    pub(crate) unsafe fn reduce_sum(&self, ptr: *mut c_void, count: usize, elem: Elem, root: usize) -> Result<()> {
+        self.ctx.bind_to_thread()?;
+        let lib = nccl()?;
+        // SAFETY: per the caller's contract; send and receive alias for in place.
+        let rc = unsafe {
+            (lib.reduce)(
+                ptr,
+                ptr,
+                count,
+                nccl_type(elem),
+                ncclRedOp_t::ncclSum,
+                root as c_int,
+                self.comm,
+                torch_stream(),
+            )
+        };
+        lib.check(rc, "ncclReduce")
     }
 
     /// Enqueues an in-place broadcast from `root`.

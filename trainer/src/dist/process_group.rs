@@ -6,7 +6,7 @@ use super::faults::Watchdog;
 use super::mpi_comm::{Elem, MpiComm};
 use super::nccl_comm::NcclComm;
 use super::{DdpBackend, DistArgs, World};
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 
@@ -120,25 +120,126 @@ impl ProcessGroup {
 
     /// Sums `t` over all ranks, in place (f32, f64, f16, bf16, i64).
     pub fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()> {
+        self.sum(t, None)
+    }
+
+    /// Sums `t` over all ranks into `t` on rank `root`; the other ranks'
+    /// `t` is left as it was.
+    pub fn reduce_sum(&self, t: &mut Tensor, root: usize) -> Result<()> {
+        self.sum(t, Some(root))
+    }
+
+    /// The all-reduce (`root` none) or the reduce to `root`.
+    fn sum(&self, t: &mut Tensor, root: Option<usize>) -> Result<()> {
         let elem = elem_of(t.kind())?;
         let count = t.numel();
         if count == 0 {
             return Ok(());
         }
         if let Some(nccl) = self.nccl_for(t.device())? {
-            let _guard = self.watch("all_reduce (NCCL enqueue)", count);
+            let _guard =
+                self.watch(if root.is_none() { "all_reduce (NCCL enqueue)" } else { "reduce (NCCL enqueue)" }, count);
             // SAFETY: the tensor lives on the communicator's GPU with `count` elements; its
             // memory is reused only by work queued after this call on the same stream.
-            return on_contiguous(t, |c| unsafe { nccl.all_reduce_sum(c.data_ptr(), count, elem) });
+            return on_contiguous(t, |c| unsafe {
+                match root {
+                    None => nccl.all_reduce_sum(c.data_ptr(), count, elem),
+                    Some(r) => nccl.reduce_sum(c.data_ptr(), count, elem, r),
+                }
+            });
         }
         let Some(mpi) = &self.mpi else { return Ok(()) };
-        let _guard = self.watch("all_reduce", count);
+        let _guard = self.watch(if root.is_none() { "all_reduce" } else { "reduce" }, count);
+        // SAFETY (both closures): a contiguous CPU tensor (or host copy) of
+        // `count` elements that nothing else touches now.
+        let run = |c: &Tensor| unsafe {
+            match root {
+                None => mpi.all_reduce_sum(c.data_ptr(), count, elem),
+                Some(r) => mpi.reduce_sum(c.data_ptr(), count, elem, r),
+            }
+        };
         if t.device() != Device::Cpu {
-            // SAFETY: `host` is a contiguous CPU copy of `count` elements owned by the closure's caller.
-            return self.staged_through_host(t, |host| unsafe { mpi.all_reduce_sum(host.data_ptr(), count, elem) });
+            return self.staged_through_host(t, run);
         }
-        // SAFETY: a contiguous CPU tensor of `count` elements, not touched by anything else now.
-        on_contiguous(t, |c| unsafe { mpi.all_reduce_sum(c.data_ptr(), count, elem) })
+        on_contiguous(t, run)
+    }
+
+    /// Sums the flat tensor `t` over all ranks block by block: rank r gets
+    /// the sum of its block (`counts[r]` elements, the blocks consecutive in
+    /// rank order) in place; the other blocks are left undefined. With MPI
+    /// all ranks add at once (a ring); with NCCL, one reduce per block.
+    pub fn reduce_scatter_sum(&self, t: &mut Tensor, counts: &[usize]) -> Result<()> {
+        self.on_blocks(t, counts, true)
+    }
+
+    /// Gives every rank every rank's block of the flat tensor `t` (cut as
+    /// in [`ProcessGroup::reduce_scatter_sum`]), in place; with NCCL, one
+    /// broadcast per block.
+    pub fn all_gather_blocks(&self, t: &mut Tensor, counts: &[usize]) -> Result<()> {
+        self.on_blocks(t, counts, false)
+    }
+
+    /// The reduce-scatter (`sum`) or the all-gather of blocks.
+    fn on_blocks(&self, t: &mut Tensor, counts: &[usize], sum: bool) -> Result<()> {
+        self.check_blocks(t, counts)?;
+        if self.nccl_for(t.device())?.is_some() {
+            return self.per_block(
+                t,
+                counts,
+                |block, r| if sum { self.reduce_sum(block, r) } else { self.broadcast(block, r) },
+            );
+        }
+        let Some(mpi) = &self.mpi else { return Ok(()) };
+        let elem = elem_of(t.kind())?;
+        let _guard = self.watch(if sum { "reduce_scatter" } else { "all_gather" }, t.numel());
+        // SAFETY: a contiguous CPU tensor (or host copy) of sum(counts)
+        // elements that nothing else touches now.
+        self.on_host(t, |host| unsafe {
+            if sum {
+                mpi.reduce_scatter_sum(host.data_ptr(), counts, elem)
+            } else {
+                mpi.all_gather_blocks(host.data_ptr(), counts, elem)
+            }
+        })
+    }
+
+    fn check_blocks(&self, t: &Tensor, counts: &[usize]) -> Result<()> {
+        ensure!(
+            t.dim() == 1 && counts.len() == self.size && counts.iter().sum::<usize>() == t.numel(),
+            "blocks {counts:?} do not cut a flat tensor of {} elements over {} ranks",
+            t.numel(),
+            self.size
+        );
+        Ok(())
+    }
+
+    /// `f` on each rank's nonempty block with that rank.
+    fn per_block(
+        &self,
+        t: &Tensor,
+        counts: &[usize],
+        mut f: impl FnMut(&mut Tensor, usize) -> Result<()>,
+    ) -> Result<()> {
+        let mut offset = 0;
+        for (rank, &n) in counts.iter().enumerate() {
+            if n > 0 {
+                f(&mut t.narrow(0, offset as i64, n as i64), rank)?;
+            }
+            offset += n;
+        }
+        Ok(())
+    }
+
+    /// `f` on `t` if it is a contiguous CPU tensor, else on a contiguous
+    /// host copy that is then copied back.
+    fn on_host<R>(&self, t: &mut Tensor, f: impl FnOnce(&Tensor) -> Result<R>) -> Result<R> {
+        if t.device() == Device::Cpu && t.is_contiguous() {
+            return f(t);
+        }
+        let host = t.to_device(Device::Cpu).contiguous();
+        let out = f(&host)?;
+        tch::no_grad(|| t.copy_(&host));
+        Ok(out)
     }
 
     /// Copies `t` from rank `root` to every rank, in place (any dtype).

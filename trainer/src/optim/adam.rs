@@ -73,6 +73,8 @@ pub struct Adam {
     runs: Vec<FlatRun>,
     /// How many runs the last step stepped whole.
     whole_runs_stepped: usize,
+    /// Under optimiser sharding, per parameter: whether this rank steps it.
+    owned: Option<Vec<bool>>,
 }
 
 /// What a checkpoint keeps of the optimiser: the step counter and the
@@ -180,6 +182,7 @@ impl Adam {
             pool: None,
             runs: Vec::new(),
             whole_runs_stepped: 0,
+            owned: None,
         }
     }
 
@@ -197,6 +200,16 @@ impl Adam {
         ensure!(self.state.is_none(), "the flat buffers must be given before the Adam state is laid out");
         self.runs = runs;
         Ok(())
+    }
+
+    /// Steps only the parameters `owned` marks (in the order of the
+    /// parameters every step gets), as one rank of a sharded optimiser
+    /// ([`crate::dist::GradSync::shard`]); the others keep their weights and
+    /// moments (their owners step them), and their gradients are still
+    /// zeroed when the step zeroes gradients. The moments of every parameter
+    /// stay allocated, so that a checkpoint can hold them all once gathered.
+    pub fn shard(&mut self, owned: Vec<bool>) {
+        self.owned = Some(owned);
     }
 
     /// Chooses the kernel for float32 CPU parameters (the default is `Fused`;
@@ -224,6 +237,11 @@ impl Adam {
                 "the Adam state was laid out for other parameters (names or shapes differ); \
                  the checkpoint's optimiser state belongs to another model (use --reset-optimizer)"
             );
+        }
+        if let Some(owned) = self.owned.as_ref().filter(|o| o.len() != params.len()) {
+            let n = owned.len();
+            self.state = Some(state);
+            bail!("the optimiser's shard marks {n} parameters, but the step got {}", params.len());
         }
         self.step += 1;
         let t = self.step as i32;
@@ -256,6 +274,15 @@ impl Adam {
             for (i, (_, param)) in params.iter().enumerate() {
                 let slot = &state.slots[i];
                 if slot.buffer < self.runs.len() && by_run[slot.buffer] {
+                    continue;
+                }
+                if self.owned.as_ref().is_some_and(|owned| !owned[i]) {
+                    if grads.zero_after {
+                        let grad = param.grad();
+                        if grad.defined() {
+                            let _ = grad.shallow_clone().zero_();
+                        }
+                    }
                     continue;
                 }
                 let grad = Some(param.grad()).filter(Tensor::defined);

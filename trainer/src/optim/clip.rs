@@ -39,12 +39,32 @@ impl ClipOutcome {
 /// per-tensor norms stay on the gradients' device until the total, so a
 /// CUDA model waits for the device once, not once per tensor.
 pub fn total_norm(grads: &[Tensor]) -> f64 {
-    let norms: Vec<Tensor> =
-        grads.iter().filter(|g| g.defined()).map(|g| g.norm_scalaropt_dtype(2.0, Kind::Float)).collect();
-    if norms.is_empty() {
-        return 0.0;
-    }
-    Tensor::stack(&norms, 0).norm().double_value(&[])
+    norm_of_norms(tensor_norms(grads, &vec![true; grads.len()]).as_ref())
+}
+
+/// The float32 norm of each defined gradient, stacked in order; zero for
+/// those that `owned` marks as another rank's (under optimiser sharding
+/// each owner supplies its own, and a sum over ranks then holds every norm
+/// exactly: x + 0 = x). `None` when no gradient is defined.
+pub fn tensor_norms(grads: &[Tensor], owned: &[bool]) -> Option<Tensor> {
+    let norms: Vec<Tensor> = grads
+        .iter()
+        .zip(owned)
+        .filter(|(g, _)| g.defined())
+        .map(|(g, &mine)| {
+            if mine {
+                g.norm_scalaropt_dtype(2.0, Kind::Float)
+            } else {
+                Tensor::zeros(&[] as &[i64], (Kind::Float, g.device()))
+            }
+        })
+        .collect();
+    (!norms.is_empty()).then(|| Tensor::stack(&norms, 0))
+}
+
+/// The total norm from the stacked per-tensor norms of [`tensor_norms`].
+pub fn norm_of_norms(norms: Option<&Tensor>) -> f64 {
+    norms.map_or(0.0, |n| n.norm().double_value(&[]))
 }
 
 /// Computes the true gradient norm and the factor the gradients are to be
@@ -54,17 +74,25 @@ pub fn total_norm(grads: &[Tensor]) -> f64 {
 /// separately. `max_norm <= 0` disables clipping (the factor is then the
 /// multiplier).
 pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64, multiplier: f64, rule: ClipRule) -> ClipOutcome {
-    let gnorm = multiplier * total_norm(grads);
-    if !gnorm.is_finite() {
-        return ClipOutcome { gnorm, clipped: false, factor: 1.0 };
+    ClipOutcome::for_norm(total_norm(grads), max_norm, multiplier, rule)
+}
+
+impl ClipOutcome {
+    /// [`clip_grad_norm`] for gradients whose raw norm (before the
+    /// multiplier) is `raw_norm`.
+    pub fn for_norm(raw_norm: f64, max_norm: f64, multiplier: f64, rule: ClipRule) -> ClipOutcome {
+        let gnorm = multiplier * raw_norm;
+        if !gnorm.is_finite() {
+            return ClipOutcome { gnorm, clipped: false, factor: 1.0 };
+        }
+        let clipping = max_norm > 0.0;
+        let coefficient = match rule {
+            ClipRule::Exact if clipping && gnorm > max_norm => max_norm / gnorm,
+            ClipRule::WithEpsilon if clipping => (max_norm / (gnorm + 1e-6)).min(1.0),
+            _ => 1.0,
+        };
+        ClipOutcome { gnorm, clipped: clipping && gnorm > max_norm, factor: multiplier * coefficient }
     }
-    let clipping = max_norm > 0.0;
-    let coefficient = match rule {
-        ClipRule::Exact if clipping && gnorm > max_norm => max_norm / gnorm,
-        ClipRule::WithEpsilon if clipping => (max_norm / (gnorm + 1e-6)).min(1.0),
-        _ => 1.0,
-    };
-    ClipOutcome { gnorm, clipped: clipping && gnorm > max_norm, factor: multiplier * coefficient }
 }
 
 impl ClipOutcome {

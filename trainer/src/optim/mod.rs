@@ -18,7 +18,7 @@ pub mod loss_scaler;
 pub mod lr_schedule;
 
 pub use adam::{Adam, AdamKernel, AdamState, GradUse};
-pub use clip::{clip_grad_norm, total_norm, ClipOutcome, ClipRule};
+pub use clip::{clip_grad_norm, norm_of_norms, tensor_norms, total_norm, ClipOutcome, ClipRule};
 pub use loss_scaler::{DynamicLossScaler, LossScalerState, MinimumLossScaleReached};
 pub use lr_schedule::{batches_per_rank, total_num_updates, PolynomialDecay};
 

@@ -15,7 +15,7 @@ pub use args::{CompatArgs, DeviceKind, LoopArgs, TrainArgs};
 use crate::checkpoint::{self, CheckpointSaver, CheckpointState, LoadPlan, Progress, RngState};
 use crate::criterion::Criterion;
 use crate::data::{Loader, Split, Task, TrainPlan};
-use crate::dist::{self, GradSync, ProcessGroup, World};
+use crate::dist::{self, GradSync, ProcessGroup, World, ZeroSharding};
 use crate::metrics_log::{Console, Meters, MetricsJsonl, RecordKind, Scope};
 use crate::model::{OfaConfig, OfaModel, Precision};
 use crate::optim::{self, Adam, DynamicLossScaler, PolynomialDecay};
@@ -130,11 +130,31 @@ impl Trainer {
         let bn_buffers = bn_buffers.into_iter().map(|(_, t)| t).collect();
         let mut grad_sync = GradSync::new(shallow_clones(&params), args.dist.bucket_cap_bytes())?;
         let mut adam = Adam::new(&args.optim);
-        if device.is_cuda() {
-            // Adam's tensor ops then run once per bucket, not once per
-            // tensor: a few kernel launches per update instead of ~10 per
-            // parameter tensor. (The CPU's fused kernel gains nothing from it.)
+        let sharded = args.dist.zero_sharding == ZeroSharding::Os && world.size > 1;
+        if sharded {
+            grad_sync.shard(world.rank, world.size)?;
+            let owned = grad_sync.owned();
+            let numel = |keep: &dyn Fn(usize) -> bool| {
+                params.iter().enumerate().filter(|&(i, _)| keep(i)).map(|(_, (_, t))| t.numel()).sum::<usize>()
+            };
+            say(&format!(
+                "optimiser sharded over {} ranks (--zero-sharding os): rank 0 steps {} of {} parameter tensors, {} of {} values",
+                world.size,
+                owned.iter().filter(|&&o| o).count(),
+                owned.len(),
+                numel(&|i| owned[i]),
+                numel(&|_| true)
+            ));
+            adam.shard(owned);
+        }
+        if device.is_cuda() || sharded {
+            // On CUDA, Adam's tensor ops then run once per bucket, not once
+            // per tensor: a few kernel launches per update instead of ~10
+            // per parameter tensor (the CPU's fused kernel gains nothing from
+            // it). Sharding all-gathers the new weights a bucket at a time.
             grad_sync.flatten_parameters()?;
+        }
+        if device.is_cuda() {
             adam.use_flat_buffers(grad_sync.flat_runs())?;
         }
         // Every rank starts from rank 0's weights, whatever it initialised or loaded.
@@ -330,12 +350,37 @@ impl Trainer {
                 || (end_of_epoch && ev.validate_interval > 0 && epoch % ev.validate_interval == 0)
                 || (ev.validate_interval_updates > 0 && n > 0 && n % ev.validate_interval_updates == 0));
         let metric = if validate { Some(self.validate()?) } else { None };
+        if save || stop {
+            self.gather_optimizer_state()?;
+        }
         if (save || stop) && self.world.is_main() {
             let mut state = self.checkpoint_state();
             let written = self.saver.save(&mut state, metric.flatten())?;
             self.progress.best = self.saver.best();
             let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
             self.console.info(&format!("saved {} (epoch {epoch}, {n} updates)", names.join(", ")));
+        }
+        Ok(())
+    }
+
+    /// Under optimiser sharding, gives every rank the moments each owner
+    /// stepped, so that rank 0 saves the whole optimiser state (a checkpoint
+    /// then resumes with or without sharding, on any number of ranks).
+    fn gather_optimizer_state(&self) -> Result<()> {
+        if !self.grad_sync.is_sharded() {
+            return Ok(());
+        }
+        let state = self.adam.state();
+        let owners = self.grad_sync.owners();
+        for rank in 0..self.world.size {
+            let moments = self
+                .params
+                .iter()
+                .zip(&owners)
+                .filter(|&(_, &owner)| owner == rank)
+                .filter_map(|((name, _), _)| state.moments.get(name))
+                .flat_map(|m| [&m.exp_avg, &m.exp_avg_sq]);
+            dist::broadcast_tensors(&self.pg, moments, rank)?;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use super::Trainer;
 use crate::criterion::backward_with_grad;
 use crate::data::MicroBatch;
 use crate::metrics_log::UpdateStats;
-use crate::optim::GradUse;
+use crate::optim::{ClipOutcome, GradUse};
 use anyhow::{bail, Result};
 use std::time::Instant;
 
@@ -78,7 +78,13 @@ impl Trainer {
         let optimising = Instant::now();
         let multiplier = 1.0 / (scale * sums.sample_size.max(1.0));
         let grads: Vec<_> = self.params.iter().map(|(_, p)| p.grad()).collect();
-        let clip = crate::optim::clip_grad_norm(&grads, self.args.optim.clip_norm, multiplier, self.clip_rule());
+        let mut norms = crate::optim::tensor_norms(&grads, &self.grad_sync.owned());
+        if let (Some(norms), true) = (&mut norms, self.grad_sync.is_sharded()) {
+            // Each norm comes from its owner, the others add zeros: exact.
+            self.pg.all_reduce_sum(norms)?;
+        }
+        let raw_norm = crate::optim::norm_of_norms(norms.as_ref());
+        let clip = ClipOutcome::for_norm(raw_norm, self.args.optim.clip_norm, multiplier, self.clip_rule());
         self.check_first_gradient_norm(clip.gnorm)?;
         let overflow = match &mut self.scaler {
             Some(scaler) => scaler.check_overflow(clip.gnorm)?,
@@ -105,6 +111,9 @@ impl Trainer {
         // The clip factor and the zeroing for the next update ride on Adam's pass.
         self.adam.step(&self.params, lr, GradUse { factor: clip.factor, zero_after: true })?;
         let optim_wall = optimising.elapsed().as_secs_f64();
+        let gathering = Instant::now();
+        self.grad_sync.gather_parameters(&self.pg)?;
+        let comm_wall = comm_wall + gathering.elapsed().as_secs_f64();
         if let Some(scaler) = &mut self.scaler {
             scaler.update();
         }
