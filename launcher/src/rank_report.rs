@@ -7,6 +7,7 @@ use crate::stop::signal_name;
 const READY_MARKER: &str = "@elfin-rank-ready";
 const EXIT_MARKER: &str = "@elfin-rank-exit";
 const STOPPING_MARKER: &str = "@elfin-rank-stopping";
+const MARKERS: [&str; 3] = [READY_MARKER, STOPPING_MARKER, EXIT_MARKER];
 
 /// A rank's trainer handles stop requests from now on (`ready`), or its
 /// wrapper got a stop signal (`stopping`: it was alive then, whatever
@@ -76,21 +77,33 @@ fn fields(rest: &str) -> (Vec<(&str, &str)>, Option<&str>) {
 }
 
 impl Report {
-    /// A report anywhere in `line`: rank 0's wrapper also copies the
-    /// trainer's output, so a report may follow a partial line of it.
-    pub fn parse(line: &str) -> Option<Report> {
-        let line = line.trim_end();
+    /// Every report in `line`, and the text before the first (output of
+    /// rank 0's trainer, which its wrapper copies, may end in a partial
+    /// line). mpirun interleaves the wrappers' output at the writes it reads,
+    /// so one line can carry reports of several ranks: a report ends where
+    /// the next marker begins.
+    pub fn split(line: &str) -> (&str, Vec<Report>) {
+        let line = line.trim_end_matches(['\n', '\r']);
+        let mut starts: Vec<usize> = MARKERS.iter().flat_map(|m| line.match_indices(m).map(|(at, _)| at)).collect();
+        starts.sort_unstable();
+        let ends = starts.iter().skip(1).copied().chain(std::iter::once(line.len()));
+        let reports = starts.iter().zip(ends).filter_map(|(&at, end)| Report::parse(&line[at..end])).collect();
+        (&line[..starts.first().copied().unwrap_or(line.len())], reports)
+    }
+
+    /// The report that `text` starts with.
+    fn parse(text: &str) -> Option<Report> {
+        let text = text.trim_end();
         for (marker, kind) in
             [(READY_MARKER, Report::Ready as fn(RankReady) -> Report), (STOPPING_MARKER, Report::Stopping)]
         {
-            if let Some(at) = line.find(marker) {
-                let (fields, _) = fields(&line[at + marker.len()..]);
+            if let Some(rest) = text.strip_prefix(marker) {
+                let (fields, _) = fields(rest);
                 let get = |k: &str| fields.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
                 return Some(kind(RankReady { rank: get("rank")?.parse().ok()?, host: get("host")?.to_string() }));
             }
         }
-        let at = line.find(EXIT_MARKER)?;
-        let (fields, log) = fields(&line[at + EXIT_MARKER.len()..]);
+        let (fields, log) = fields(text.strip_prefix(EXIT_MARKER)?);
         let get = |k: &str| fields.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
         Some(Report::Exit(RankExit {
             rank: get("rank")?.parse().ok()?,
@@ -101,16 +114,19 @@ impl Report {
             log: log?.to_string(),
         }))
     }
+}
 
-    /// The text before the report on its line (output of rank 0's trainer), if any.
-    pub fn text_before(line: &str) -> &str {
-        let at = [READY_MARKER, STOPPING_MARKER, EXIT_MARKER]
-            .iter()
-            .filter_map(|m| line.find(m))
-            .min()
-            .unwrap_or(line.len());
-        &line[..at]
-    }
+/// Writes a report line to stderr in one write(2), which a pipe keeps whole
+/// (under PIPE_BUF): `eprintln!` writes the text and its newline apart, and
+/// another rank's report read in between by mpirun joined the two on one
+/// line, where only the first was seen (a lost "ready" kept a stop from
+/// ever reaching the ranks).
+pub fn emit(report: &str) {
+    emit_to(&mut std::io::stderr().lock(), report);
+}
+
+fn emit_to(out: &mut impl std::io::Write, report: &str) {
+    let _ = out.write_all(format!("{report}\n").as_bytes());
 }
 
 /// This machine's host name, as the reports name it.
@@ -140,14 +156,66 @@ mod tests {
             at_ns: 1234,
             log: "/tmp/a b/rank-3.log".into(),
         };
-        assert_eq!(Report::parse(&format!("{}\n", exit.line())), Some(Report::Exit(exit.clone())));
+        let split = |line: &str| Report::split(line).1;
+        assert_eq!(split(&format!("{}\n", exit.line())), [Report::Exit(exit.clone())]);
         assert_eq!(exit.describe(), "rank 3 on node2 was killed by SIGKILL");
         let ready = RankReady { rank: 1, host: "n1".into() };
         let line = format!("partial trainer output{}", ready.line());
-        assert_eq!(Report::parse(&line), Some(Report::Ready(ready)));
-        assert_eq!(Report::text_before(&line), "partial trainer output");
+        assert_eq!(Report::split(&line), ("partial trainer output", vec![Report::Ready(ready.clone())]));
         let stopping = RankReady { rank: 2, host: "node1".into() };
-        assert_eq!(Report::parse(&stopping.stopping_line()), Some(Report::Stopping(stopping)));
-        assert_eq!(Report::parse("rank 3 said something"), None);
+        assert_eq!(split(&stopping.stopping_line()), [Report::Stopping(stopping)]);
+        assert_eq!(Report::split("rank 3 said something"), ("rank 3 said something", vec![]));
+        // Two ranks' reports that mpirun put on one line, the second an exit whose log path ends the line.
+        let zero = RankReady { rank: 0, host: "n0".into() };
+        let line = format!("{}{}{}\n", ready.line(), zero.line(), exit.line());
+        assert_eq!(split(&line), [Report::Ready(ready), Report::Ready(zero), Report::Exit(exit)]);
+    }
+
+    /// Reports written by `emit` from several writers at once (as the
+    /// wrappers on one node write to mpirun) into one pipe, between chunks
+    /// of text without newlines (rank 0's trainer output): each report comes
+    /// out whole. Written as `eprintln!` writes them (text, then newline),
+    /// reports came out garbled within the first few thousand in every try:
+    /// a chunk or another report lands between a report and its newline.
+    #[test]
+    fn reports_written_at_once_by_several_ranks_all_arrive() {
+        use std::io::{BufRead, Write};
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two fresh descriptors into the array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: each descriptor is owned by exactly one File from here on.
+        let (read, write) = unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) };
+        const EACH: u32 = 20_000;
+        let writers: Vec<_> = (0..3u32)
+            .map(|rank| {
+                // Each writer has its own descriptor, as each process does: no lock is shared.
+                let mut out = write.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        if rank == 0 && i % 3 == 0 {
+                            let _ = out.write_all(b"epoch 001: | partial ");
+                        }
+                        emit_to(&mut out, &RankReady { rank, host: format!("h{i}") }.line());
+                    }
+                })
+            })
+            .collect();
+        drop(write);
+        let reader = std::thread::spawn(move || {
+            let mut seen = [0u32; 3];
+            for line in std::io::BufReader::new(read).lines() {
+                for report in Report::split(&line.unwrap()).1 {
+                    let Report::Ready(r) = report else { panic!("not a ready report") };
+                    assert!(r.host.starts_with('h') && r.host[1..].parse::<u32>().is_ok(), "garbled: {r:?}");
+                    seen[r.rank as usize] += 1;
+                }
+            }
+            seen
+        });
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(reader.join().unwrap(), [EACH; 3]);
     }
 }

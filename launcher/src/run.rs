@@ -4,7 +4,7 @@
 
 use crate::mpi_env;
 use crate::mpirun::CommandLine;
-use crate::rank_report::{host_name, RankExit, RankReady, Report};
+use crate::rank_report::{self, host_name, RankExit, RankReady, Report};
 use crate::stop;
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -87,33 +87,31 @@ pub fn run_attempt(mpirun: &CommandLine, ranks: usize) -> Result<Attempt> {
         let mut buf = Vec::new();
         while reader.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
             let line = String::from_utf8_lossy(&buf);
-            match Report::parse(&line) {
-                Some(report) => {
-                    let before = Report::text_before(&line);
-                    if !before.is_empty() {
-                        let _ = std::io::stderr().write_all(before.as_bytes());
-                    }
-                    match report {
-                        Report::Ready(r) => {
-                            ready.insert(r.rank, r.host);
-                        }
-                        Report::Stopping(r) => {
-                            stopping.insert(r.rank, r.host);
-                        }
-                        Report::Exit(e) => exits.push(e),
-                    }
-                    // A stop goes to mpirun only once every rank can take it:
-                    // until then, the forwarded SIGUSR1 would kill a rank.
-                    let settled: BTreeSet<u32> = ready.keys().copied().chain(exits.iter().map(|e| e.rank)).collect();
-                    if settled.len() >= ranks {
-                        stop::set_target(pid);
-                    }
-                }
+            let (before, reports) = Report::split(&line);
+            if reports.is_empty() {
                 // mpirun's word for each stop we pass on: ours says more.
-                None if line.starts_with("mpirun: Forwarding signal") => {}
-                None => {
+                if !line.starts_with("mpirun: Forwarding signal") {
                     let _ = std::io::stderr().write_all(&buf);
                 }
+            } else if !before.is_empty() {
+                let _ = std::io::stderr().write_all(before.as_bytes());
+            }
+            for report in reports {
+                match report {
+                    Report::Ready(r) => {
+                        ready.insert(r.rank, r.host);
+                    }
+                    Report::Stopping(r) => {
+                        stopping.insert(r.rank, r.host);
+                    }
+                    Report::Exit(e) => exits.push(e),
+                }
+            }
+            // A stop goes to mpirun only once every rank can take it:
+            // until then, the forwarded SIGUSR1 would kill a rank.
+            let settled: BTreeSet<u32> = ready.keys().copied().chain(exits.iter().map(|e| e.rank)).collect();
+            if settled.len() >= ranks {
+                stop::set_target(pid);
             }
             buf.clear();
         }
@@ -180,7 +178,7 @@ pub fn run_rank(log_dir: &Path, trainer: &[String]) -> Result<ExitCode> {
             at_ns: now_ns(),
             log: log_path.display().to_string(),
         };
-        eprintln!("{}", exit.line());
+        rank_report::emit(&exit.line());
         // mpirun can drop a process's last output when it sees the process end
         // (and abort the job) first: stay long enough for the report to be read.
         std::thread::sleep(REPORT_LINGER);
@@ -203,7 +201,7 @@ pub fn run_rank(log_dir: &Path, trainer: &[String]) -> Result<ExitCode> {
     };
     let me = RankReady { rank: mpi.rank, host: host.clone() };
     let status =
-        wait_reporting(&mut child, pid, || eprintln!("{}", me.line()), || eprintln!("{}", me.stopping_line()))?;
+        wait_reporting(&mut child, pid, || rank_report::emit(&me.line()), || rank_report::emit(&me.stopping_line()))?;
     for copy in copies {
         let _ = copy.join();
     }
